@@ -1,0 +1,70 @@
+"""Access log: one line per HTTP request and per WebSocket connection, combined log format.
+
+Format (nginx ``combined`` plus two fields)::
+
+    1.2.3.4 - - [24/Nov/2026:15:40:01 +0000] "GET /chat/ HTTP/1.1" 200 512 "-" "curl/8" upstream=127.0.0.1:9001 rt=0.004
+
+``upstream`` is the server used (``-`` when wsrelay answered itself); ``rt`` the seconds from the
+request's first byte to its last.  For WebSocket connections the line is written when the pair
+closes, the status is 101, the byte count is what went to the client, and ``rt`` is the
+connection's lifetime.  Nothing here logs payloads, cookies or Authorization.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO
+
+
+def _quote(value: bytes | str | None) -> str:
+    if value is None or value == b"" or value == "":
+        return "-"
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return text.replace("\\", "\\\\").replace('"', '\\"').encode("ascii", "backslashreplace").decode("ascii")
+
+
+def format_line(
+    *,
+    client: str,
+    when: float,
+    method: bytes,
+    target: bytes,
+    protocol: bytes,
+    status: int,
+    sent: int,
+    referer: bytes | None,
+    user_agent: bytes | None,
+    upstream: str | None,
+    duration: float,
+) -> str:
+    """One combined-format line (no newline)."""
+    stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(when))
+    request = _quote(b" ".join((method, target, protocol)))
+    return (
+        f'{client} - - [{stamp}] "{request}" {status} {sent} "{_quote(referer)}" "{_quote(user_agent)}" '
+        f"upstream={upstream or '-'} rt={duration:.3f}"
+    )
+
+
+class AccessLog:
+    """Writes lines to a file (appending, line-buffered) or to stdout (``"-"``), or nowhere (None)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+        if path == "-":
+            self._file = sys.stdout
+        elif path is not None:
+            self._file = open(path, "a", buffering=1, encoding="ascii")
+
+    def write(self, line: str) -> None:
+        if self._file is not None:
+            self._file.write(line + "\n")
+            if self._file is sys.stdout:
+                self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None and self._file is not sys.stdout:
+            self._file.close()
+        self._file = None

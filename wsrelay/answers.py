@@ -1,0 +1,42 @@
+"""Responses wsrelay writes itself: error pages and redirects, in one place.
+
+Every error answer is a short ``text/plain`` body of the status line, with ``Content-Length``,
+no caching, and the headers the error carries (``Retry-After`` on 503, for instance).
+"""
+
+from __future__ import annotations
+
+from twisted.web.server import Request
+
+from wsrelay.errors import ProxyError
+
+
+def answer_error(request: Request, error: ProxyError, *, close: bool = False) -> bytes:
+    """Set ``request``'s status and headers for ``error`` and return the body for ``render``.
+
+    ``close``: end the connection after the answer (a malformed request leaves the stream in an
+    unknown state, so nothing after it can be trusted).
+    """
+    request.setResponseCode(error.status, error.reason.encode("ascii"))
+    for name in (b"content-encoding", b"transfer-encoding", b"set-cookie", b"etag", b"last-modified"):
+        request.responseHeaders.removeHeader(name)
+    request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+    request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
+    for name, value in error.headers.items():
+        request.responseHeaders.setRawHeaders(name, [value])
+    body = error.body if request.method != b"HEAD" else b""
+    request.responseHeaders.setRawHeaders(b"content-length", [str(len(error.body)).encode("ascii")])
+    if close:
+        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        request.channel.persistent = False
+    return body
+
+
+def answer_redirect(request: Request, status: int, location: bytes) -> bytes:
+    """A 301/308 to ``location`` with a one-line body."""
+    request.setResponseCode(status)
+    request.responseHeaders.setRawHeaders(b"location", [location])
+    request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+    body = b"Moved to " + location + b"\n"
+    request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode("ascii")])
+    return body if request.method != b"HEAD" else b""

@@ -1,0 +1,224 @@
+"""The wsrelay service: listeners, reload on SIGHUP, drain on stop.
+
+Invariants:
+
+- The reactor is passed in; nothing here imports the global one.
+- A configuration is loaded and validated whole (including TLS files) before anything changes;
+  a bad one on reload is refused with a log line and the running one stays in service.
+- Listeners that a reload keeps (same name and endpoint) keep their sockets; removed ones stop
+  listening (their open connections finish); added ones start.  Open requests and WebSocket pairs
+  are never touched by a reload.
+- Stopping stops listening at once, lets open exchanges finish for ``drain_timeout``, then ends the
+  rest (WebSocket pairs get a close frame with 1001).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.endpoints import serverFromString, wrapServerTLS
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wsrelay import config as configmod
+from wsrelay.config import Config, ConfigError, Listener
+from wsrelay.gateway import Gateway
+from wsrelay.site import RelaySite
+
+
+def _listener_location(config: Config, listener: Listener) -> tuple[str, str]:
+    if listener.name.startswith("listen "):
+        return "wsrelay", "listen"
+    return f"listener {listener.name}", "endpoint"
+
+
+def _url(port: IListeningPort, listener: Listener) -> str:
+    address = port.getHost()
+    host = getattr(address, "host", None)
+    if host is None:
+        return f"unix:{getattr(address, 'name', '?')}"
+    scheme = "https" if listener.tls is not None else "http"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    return f"{scheme}://{shown}:{address.port}/"
+
+
+class _TLS:
+    """Per-listener TLS server contexts, loaded from the config (imported lazily: pyOpenSSL)."""
+
+    def __init__(self) -> None:
+        self.contexts: dict[str, Any] = {}
+
+    def prepare(self, config: Config) -> Callable[..., None]:
+        """Load every certificate of ``config``; return a function that puts them in service.
+
+        Raises ConfigError before anything changes.
+        """
+        if not any(l.tls for l in config.listeners):
+            return lambda only_new=False: None
+        from wsrelay import tls
+
+        loaded = tls.load_certificates(config.certificates, config.path)
+        built = {
+            l.name: (l.tls, loaded) for l in config.listeners if l.tls is not None
+        }
+
+        def commit(only_new: bool = False) -> None:
+            for name, (server_tls, certs) in built.items():
+                if only_new and name in self.contexts:
+                    continue
+                if name in self.contexts:
+                    self.contexts[name].update(server_tls, certs)
+                else:
+                    self.contexts[name] = tls.ServerContexts(server_tls, certs)
+
+        return commit
+
+
+class RelayService(MultiService):
+    """Everything one wsrelay process runs."""
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: Any, *, loader: Callable[[str], Config] = configmod.load,
+                 handle_signals: bool = False) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.loader = loader
+        self.handle_signals = handle_signals
+        self._tls = _TLS()
+        self._tls.prepare(config)()
+        self.gateway = Gateway(reactor, config)
+        self.ports: dict[tuple[str, str], IListeningPort] = {}
+        self.urls: list[str] = []
+        self._previous_sighup: Any = None
+
+    @property
+    def config(self) -> Config:
+        return self.gateway.runtime.config
+
+    # -- listeners --------------------------------------------------------------------------
+
+    def _listen(self, listener: Listener) -> IListeningPort:
+        """Start ``listener``; raise ConfigError if it cannot listen."""
+        config = self.config
+        section, key = _listener_location(config, listener)
+        try:
+            endpoint = serverFromString(self.reactor, listener.endpoint)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigError(config.path, section, key, f"{listener.endpoint!r}: {e}") from None
+        if listener.tls is not None:
+            endpoint = wrapServerTLS(self._tls.contexts[listener.name], endpoint)
+        result: list[Any] = []
+        endpoint.listen(RelaySite(self.gateway, listener)).addBoth(result.append)
+        if not result:  # an endpoint that does not listen synchronously (systemd: does)
+            raise ConfigError(config.path, section, key, f"{listener.endpoint!r} did not start listening")
+        if isinstance(result[0], Failure):
+            reason = result[0].value
+            message = getattr(reason, "socketError", None) or reason
+            raise ConfigError(config.path, section, key, f"cannot listen on {listener.endpoint!r}: {message}")
+        port: IListeningPort = result[0]
+        url = _url(port, listener)
+        self.urls.append(url)
+        self.log.info("wsrelay listening on {url} ({listener})", url=url, listener=listener.name)
+        return port
+
+    def _start_listeners(self, listeners: tuple[Listener, ...]) -> None:
+        started: list[tuple[tuple[str, str], IListeningPort]] = []
+        try:
+            for listener in listeners:
+                started.append(((listener.name, listener.endpoint), self._listen(listener)))
+        except ConfigError:
+            for _, port in started:
+                port.stopListening()
+            raise
+        self.ports.update(started)
+
+    def privilegedStartService(self) -> None:
+        # Bind before privileges are shed (twistd --uid), so ports below 1024 work.
+        self._start_listeners(self.config.listeners)
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        if not self.ports:
+            self._start_listeners(self.config.listeners)
+        super().startService()
+        if self.handle_signals:
+            self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self, signum: int, frame: object) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    # -- reload -----------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the configuration file; True if the new one is in service."""
+        path = self.config.path
+        try:
+            new = self.loader(path)
+            commit_tls = self._tls.prepare(new)
+            wanted = {(l.name, l.endpoint): l for l in new.listeners}
+            added = [l for key, l in wanted.items() if key not in self.ports]
+            old_ports = self.ports
+            self.ports = {k: p for k, p in old_ports.items() if k in wanted}
+            commit_tls(only_new=True)  # contexts for added TLS listeners; existing ones swap below
+            try:
+                self._start_listeners(tuple(added))
+            except ConfigError:
+                self.ports = old_ports
+                raise
+        except ConfigError as e:
+            self.log.error("reload refused, the running configuration stays in service: {error}", error=str(e))
+            return False
+        commit_tls()
+        for key, port in old_ports.items():
+            if key not in wanted:
+                self.log.info("listener {name} removed: no longer listening on {endpoint}", name=key[0], endpoint=key[1])
+                port.stopListening()
+        self.gateway.apply(new)
+        self.log.info("configuration reloaded from {path}: {routes} routes, {upstreams} upstream groups",
+                      path=path, routes=len(new.routes), upstreams=len(new.upstreams))
+        return True
+
+    # -- stop -------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def stopService(self):  # type: ignore[no-untyped-def]
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+        yield DeferredList([Deferred.fromCoroutine(_stop(p)) for p in self.ports.values()])
+        self.ports.clear()
+        if self.gateway.live:
+            self.log.info("draining {n} open exchanges for up to {t}s", n=len(self.gateway.live),
+                          t=self.config.drain_timeout)
+            idle = self.gateway.when_idle()
+            timer = self.reactor.callLater(self.config.drain_timeout, idle.cancel)
+            try:
+                yield idle
+            except Exception:
+                pass
+            if timer.active():
+                timer.cancel()
+            self.gateway.shutdown_all()
+            # Give the close frames a bounded moment to go out.
+            idle = self.gateway.when_idle()
+            timer = self.reactor.callLater(2.0, idle.cancel)
+            try:
+                yield idle
+            except Exception:
+                pass
+            if timer.active():
+                timer.cancel()
+        self.gateway.close()
+        yield super().stopService()
+
+
+async def _stop(port: IListeningPort) -> None:
+    await port.stopListening()

@@ -1,0 +1,123 @@
+"""The twisted.web site of a listener: request validation, routing and dispatch.
+
+A request passes, in order: the listener's https redirect (if any), request-level checks (one
+``Host`` on HTTP/1.1, no CR/LF/NUL in header values), route lookup (404), the route's redirect (if
+any), then goes to the WebSocket gateway (an upgrade request) or the HTTP proxy (anything else).
+Every refusal is a :class:`wsrelay.errors.ProxyError` answered by :func:`answer_error`, so no
+upstream ever sees a request wsrelay rejects.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from wsrelay import headers as H
+from wsrelay.answers import answer_error, answer_redirect
+from wsrelay.config import Listener
+from wsrelay.errors import BadRequest, NotFound, ProxyError
+from wsrelay.gateway import Gateway
+from wsrelay.httpchannel import RelayHTTPChannel, RelayRequest
+from wsrelay.routing import normalize_host, normalize_path
+
+_VALID_HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._\-]+)(:\d{1,5})?$")
+
+
+def client_address(request: Request) -> str:
+    peer = request.getClientAddress()
+    return getattr(peer, "host", None) or "unix"
+
+
+class RelayResource(Resource):
+    """The single resource of a listener's site: it sees every request (``isLeaf``)."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, gateway: Gateway, listener: Listener) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.listener = listener
+        self.scheme = "https" if listener.tls is not None else "http"
+
+    def render(self, request: Request) -> bytes | int:
+        try:
+            return self._dispatch(request)
+        except ProxyError as e:
+            self.log.info(
+                "{client} {method} {target}: {status} ({detail})",
+                client=client_address(request), method=request.method.decode("latin-1"),
+                target=request.uri[:200].decode("latin-1"), status=e.status, detail=e.detail,
+            )
+            request.wsrelay_upstream = None  # type: ignore[attr-defined]
+            return answer_error(request, e, close=e.status == 400)
+
+    def _dispatch(self, request: Request) -> bytes | int:
+        raw = H.flatten(request.requestHeaders.getAllRawHeaders())
+        hosts = H.get(raw, b"host")
+        if len(hosts) > 1:
+            raise BadRequest("more than one Host header")
+        if not hosts and request.clientproto == b"HTTP/1.1":
+            raise BadRequest("HTTP/1.1 request without Host (RFC 9112 section 3.2)")
+        host = hosts[0] if hosts else None
+        if host is not None and not _VALID_HOST.match(host):
+            raise BadRequest(f"invalid Host header {host[:100]!r}")
+        for name, value in raw:
+            if H.bad_value(value) or H.bad_value(name):
+                raise BadRequest(f"header {name[:40]!r} holds CR, LF or NUL")
+        tls = self.listener.tls
+        if tls is not None and tls.hsts_max_age:
+            request.responseHeaders.setRawHeaders(
+                b"strict-transport-security", [b"max-age=%d" % tls.hsts_max_age]
+            )
+        if self.listener.redirect is not None:
+            return self._redirect(request, host, self.listener.redirect)
+        runtime = self.gateway.runtime
+        path = normalize_path(request.uri)
+        route = runtime.router.match(normalize_host(host), path)
+        if route is None:
+            raise NotFound(f"no route for host {host!r} path {path!r}")
+        if route.redirect is not None:
+            return self._redirect(request, host, route.redirect)
+        if H.is_websocket_upgrade(raw):
+            return self.gateway.websocket.render(request, route, runtime, self.scheme)
+        return self.gateway.http.render(request, route, runtime, self.scheme)
+
+    def _redirect(self, request: Request, host: bytes | None, status: int) -> bytes:
+        if host is None:
+            raise BadRequest("cannot redirect to https without a Host header")
+        name = host.rsplit(b":", 1)[0] if not host.endswith(b"]") else host
+        port = self.listener.redirect_port
+        authority = name if port in (None, 443) else name + b":%d" % port
+        return answer_redirect(request, status, b"https://" + authority + request.uri)
+
+
+class RelaySite(Site):
+    """A listener's site: our channel (limits, errors) and request class, HTTP/1.1 only."""
+
+    protocol = RelayHTTPChannel
+    requestFactory = RelayRequest
+
+    def __init__(self, gateway: Gateway, listener: Listener) -> None:
+        super().__init__(RelayResource(gateway, listener))
+        self.gateway = gateway
+        self.listener = listener
+        self.displayTracebacks = False
+        self.noisy = False
+
+    def acceptableProtocols(self) -> list[bytes]:
+        # Never offer h2 through ALPN: WebSocket takeover and streaming need HTTP/1.1.
+        return [b"http/1.1"]
+
+    def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+        channel = super().buildProtocol(addr)
+        config = self.gateway.runtime.config
+        channel.configure_limits(config.max_request_line, config.max_header_size)
+        return channel
+
+    def log(self, request: Request) -> None:
+        # The access log is written by the handlers, which know the upstream and timing.
+        pass

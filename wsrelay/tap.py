@@ -1,0 +1,83 @@
+"""twistd entry point: ``twistd -n wsrelay --config etc/relay.ini``.
+
+The only module that imports the global reactor.  A configuration problem ends start-up with
+exit status 1 and one line naming the file, section and key: never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.application.service import IService, Service
+from twisted.python import usage
+
+from wsrelay import config as configmod
+
+
+class Options(usage.Options):
+    """wsrelay [--config PATH] [--check]"""
+
+    synopsis = "[--config PATH] [--check]"
+    longdesc = (
+        "wsrelay: a reverse proxy for HTTP and WebSocket. It routes requests by host and path to "
+        "upstream groups, relays WebSocket messages (or tunnels bytes), terminates TLS, and reloads "
+        "its configuration on SIGHUP. See README.rst and etc/relay.ini."
+    )
+    optParameters = [
+        ["config", "c", configmod.DEFAULT_PATH, "The configuration file (INI; see etc/relay.ini)."],
+    ]
+    optFlags = [
+        ["check", "t", "Check the configuration (and its TLS files), print the result, exit 0 or 1 without serving."],
+    ]
+
+
+def _fail(message: str) -> SystemExit:
+    sys.stderr.write(f"wsrelay: {message}\n")
+    sys.stderr.flush()
+    return SystemExit(1)
+
+
+def makeService(options: Options) -> IService:
+    """Load and check the configuration, then build the service (listening starts later)."""
+    from twisted.internet import reactor
+
+    from wsrelay.service import RelayService
+
+    path = options["config"]
+    try:
+        config = configmod.load(path)
+        if any(l.tls for l in config.listeners):
+            from wsrelay import tls
+
+            tls.load_certificates(config.certificates, config.path)
+    except configmod.ConfigError as e:
+        raise _fail(str(e)) from None
+    if options["check"]:
+        sys.stdout.write(f"wsrelay: configuration {path} is valid "
+                         f"({len(config.listeners)} listeners, {len(config.routes)} routes, "
+                         f"{len(config.upstreams)} upstream groups)\n")
+        sys.stdout.flush()
+        raise SystemExit(0)
+    return _Guarded(RelayService(config, reactor, handle_signals=True))
+
+
+class _Guarded(Service):
+    """Wraps the relay service so that a listener that cannot bind ends twistd with status 1."""
+
+    def __init__(self, inner: IService) -> None:
+        self.inner = inner
+
+    def privilegedStartService(self) -> None:
+        try:
+            self.inner.privilegedStartService()
+        except configmod.ConfigError as e:
+            raise _fail(str(e)) from None
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        self.inner.startService()
+
+    def stopService(self):  # type: ignore[no-untyped-def]
+        super().stopService()
+        return self.inner.stopService()
