@@ -389,10 +389,20 @@ def _server(text: str, is_default_scheme: str = "http") -> Server:
 
 
 def _servers(text: str) -> tuple[Server, ...]:
-    lines = [line.strip() for line in text.replace(",", "\n").splitlines() if line.strip()]
-    if not lines:
+    # Servers are separated by spaces, commas or new lines; option words (weight=N, max_conns=N,
+    # backup) belong to the server before them.
+    groups: list[list[str]] = []
+    for word in text.replace(",", " ").split():
+        name = word.partition("=")[0].lower()
+        if name in {"weight", "max_conns", "backup"} or (groups and "=" in word and ":" not in word):
+            if not groups:
+                raise ValueError(f"{word!r} comes before any server")
+            groups[-1].append(word)
+        else:
+            groups.append([word])
+    if not groups:
         raise ValueError("give at least one server, such as 127.0.0.1:9001")
-    servers = tuple(_server(line) for line in lines)
+    servers = tuple(_server(" ".join(group)) for group in groups)
     seen = set()
     for server in servers:
         if server.key in seen:

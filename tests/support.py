@@ -1,0 +1,186 @@
+"""Helpers for integration tests: real processes on loopback, bounded waits, clean-up.
+
+``RelayProcess`` runs the real ``twistd -n wsrelay`` (the installed plugin, as a user would) and
+learns its listening URLs from the log line ``wsrelay listening on URL``; ``UpstreamProcess`` runs
+the demo upstream.  Every wait has a deadline; every process is ended (SIGTERM, then SIGKILL) by
+``stop()`` or by the pytest fixtures in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+LISTENING = re.compile(r"wsrelay listening on (\S+)")
+
+
+class LineReader:
+    """Reads a process's output line by line with deadlines, keeping everything read."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.fd = stream.fileno()
+        os.set_blocking(self.fd, False)
+        self.buffer = b""
+        self.lines: list[str] = []
+
+    def _fill(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
+        if not ready:
+            return False
+        try:
+            chunk = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            raise EOFError("process output ended")
+        self.buffer += chunk
+        *complete, self.buffer = self.buffer.split(b"\n")
+        self.lines.extend(line.decode("utf-8", "replace") for line in complete)
+        return True
+
+    def wait_for(self, pattern: re.Pattern[str] | str, timeout: float = 15.0, start: int = 0) -> re.Match[str]:
+        """The first match of ``pattern`` in a line at index >= ``start``; AssertionError at the deadline."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        index = start
+        while True:
+            while index < len(self.lines):
+                m = regex.search(self.lines[index])
+                if m:
+                    return m
+                index += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no line matching {regex.pattern!r} within {timeout}s; output:\n"
+                                     + "\n".join(self.lines[-40:]))
+            try:
+                self._fill(remaining)
+            except EOFError:
+                raise AssertionError(f"process ended before {regex.pattern!r}; output:\n"
+                                     + "\n".join(self.lines[-40:])) from None
+
+    def drain(self) -> None:
+        try:
+            while self._fill(0):
+                pass
+        except EOFError:
+            pass
+
+
+class Process:
+    """A child process with merged stdout/stderr read through a LineReader."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1")
+        full_env.update(env or {})
+        self.popen = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, env=full_env, start_new_session=True)
+        assert self.popen.stdout is not None
+        self.output = LineReader(self.popen.stdout)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        """Exit status, reading output meanwhile; AssertionError at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.popen.poll()
+            if code is not None:
+                self.output.drain()
+                return code
+            if time.monotonic() > deadline:
+                raise AssertionError(f"process {self.pid} still running after {timeout}s")
+            try:
+                self.output._fill(min(0.1, max(0.0, deadline - time.monotonic())))
+            except EOFError:
+                # Output closed: the process is exiting; wait for it with the remaining budget.
+                return self.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                return self.wait(timeout)
+            except AssertionError:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                return self.popen.wait(timeout=5)
+        code = self.popen.poll()
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+        return code
+
+    def rss_kib(self) -> int:
+        """Resident set size from /proc (KiB)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+
+class RelayProcess(Process):
+    """``twistd -n --pidfile= wsrelay --config PATH`` and the URLs it listens on."""
+
+    def __init__(self, config_path: Path, *, wait: bool = True, extra: list[str] | None = None,
+                 cwd: Path | None = None, timeout: float = 20.0) -> None:
+        argv = [TWISTD, "-n", "--pidfile=", "wsrelay", "--config", str(config_path), *(extra or [])]
+        super().__init__(argv, cwd or config_path.parent)
+        self.urls: list[str] = []
+        if wait:
+            self.wait_listening(timeout)
+
+    def wait_listening(self, timeout: float = 20.0, count: int | None = None) -> list[str]:
+        """Wait for the listening lines; ``count`` of them (default: at least one)."""
+        start = 0
+        needed = count or 1
+        while len(self.urls) < needed:
+            m = self.output.wait_for(LISTENING, timeout, start)
+            self.urls.append(m.group(1))
+            start = self.output.lines.index(m.string) + 1
+        return self.urls
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rstrip("/").rsplit(":", 1)[1])
+
+
+class UpstreamProcess(Process):
+    """The demo upstream (HTML page, /api/info, /ws/echo) on 127.0.0.1, port chosen by the OS."""
+
+    def __init__(self, cwd: Path, timeout: float = 20.0) -> None:
+        super().__init__([sys.executable, "-m", "wsrelay.demo", "--port", "0"], cwd)
+        m = self.output.wait_for(r"demo upstream listening on http://127\.0\.0\.1:(\d+)/", timeout)
+        self.port = int(m.group(1))
+
+
+def write_config(directory: Path, text: str, name: str = "relay.ini") -> Path:
+    """Write a dedented config file and return its path."""
+    path = directory / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
