@@ -39,10 +39,6 @@ def _fail(message: str) -> SystemExit:
 
 def makeService(options: Options) -> IService:
     """Load and check the configuration, then build the service (listening starts later)."""
-    from twisted.internet import reactor
-
-    from wsrelay.service import RelayService
-
     path = options["config"]
     try:
         config = configmod.load(path)
@@ -58,6 +54,10 @@ def makeService(options: Options) -> IService:
                          f"{len(config.upstreams)} upstream groups)\n")
         sys.stdout.flush()
         raise SystemExit(0)
+    from twisted.internet import reactor
+
+    from wsrelay.service import RelayService
+
     return _Guarded(RelayService(config, reactor, handle_signals=True))
 
 

@@ -1,0 +1,141 @@
+"""The twistd plugin as a user runs it: discovery, --help, --check, start-up errors, SIGHUP
+reload and SIGTERM, all through the real ``twistd`` process."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.support import ROOT, TWISTD, RelayProcess, write_config
+
+ROUTES_V1 = """
+[wsrelay]
+listen = tcp:0:interface=127.0.0.1
+access_log = -
+[route /old/]
+redirect = 301
+"""
+
+ROUTES_V2 = """
+[wsrelay]
+listen = tcp:0:interface=127.0.0.1
+access_log = -
+[route /new/]
+redirect = 308
+"""
+
+
+def run_twistd(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TWISTD, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def get(port: int, path: str, host: str = "example.test") -> tuple[int, dict[str, str]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        conn.close()
+
+
+def test_plugin_is_discovered() -> None:
+    """twistd lists the wsrelay plugin, and Twisted's plugin scan finds its ServiceMaker."""
+    from twisted.application.service import IServiceMaker
+    from twisted.plugin import getPlugins
+
+    assert "wsrelay" in [p.tapname for p in getPlugins(IServiceMaker)]
+    result = run_twistd("--help")
+    assert result.returncode == 0
+    assert "wsrelay" in result.stdout
+
+
+def test_help_documents_every_option() -> None:
+    """`twistd wsrelay --help` documents --config and --check."""
+    result = run_twistd("wsrelay", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--config=" in result.stdout and "--check" in result.stdout
+    assert "etc/relay.ini" in result.stdout
+
+
+def test_check_accepts_the_sample_config() -> None:
+    """--check validates etc/relay.ini and exits 0 without serving."""
+    result = run_twistd("wsrelay", "--config", "etc/relay.ini", "--check")
+    assert result.returncode == 0, result.stderr
+    assert "is valid" in result.stdout
+
+
+def test_check_rejects_a_bad_config(tmp_path: Path) -> None:
+    """--check on a bad config exits 1 with one line naming file, section and key; no traceback."""
+    path = write_config(tmp_path, ROUTES_V1 + "[route /x/]\nupstream = missing\n")
+    result = run_twistd("wsrelay", "--config", str(path), "--check")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert f"{path}: [route /x/] upstream: no [upstream missing] section" in result.stderr
+
+
+def test_start_with_bad_config_exits_1(tmp_path: Path) -> None:
+    """Starting with an invalid config ends with status 1 and the message, no traceback."""
+    path = write_config(tmp_path, ROUTES_V1.replace("redirect = 301", "redirect = 302"))
+    result = run_twistd("-n", "--pidfile=", "wsrelay", "--config", str(path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "[route /old/] redirect: '302' is not off, 301 or 308" in result.stderr
+
+
+def test_missing_config_file_exits_1(tmp_path: Path) -> None:
+    """A missing config file is named in the one-line error."""
+    result = run_twistd("-n", "--pidfile=", "wsrelay", "--config", str(tmp_path / "nope.ini"))
+    assert result.returncode == 1
+    assert f"{tmp_path / 'nope.ini'}: no such file" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_address_in_use_exits_1(tmp_path: Path) -> None:
+    """A listen address that cannot be bound ends start-up with status 1, naming section and key."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        path = write_config(tmp_path, ROUTES_V1.replace("tcp:0:", f"tcp:{port}:"))
+        result = run_twistd("-n", "--pidfile=", "wsrelay", "--config", str(path))
+    output = result.stderr + result.stdout
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    assert f"{path}: [wsrelay] listen: cannot listen on 'tcp:{port}:interface=127.0.0.1'" in output
+
+
+def test_serves_and_stops_on_sigterm(start_relay: Callable[..., RelayProcess]) -> None:
+    """The real process serves its routes (an unknown path gets 404) and exits 0 on SIGTERM."""
+    relay = start_relay(ROUTES_V1)
+    assert relay.url.startswith("http://127.0.0.1:")
+    status, headers = get(relay.port, "/old/page?q=1")
+    assert status == 301
+    assert headers["location"] == "https://example.test/old/page?q=1"
+    assert get(relay.port, "/elsewhere")[0] == 404
+    relay.signal(signal.SIGTERM)
+    assert relay.wait(15) == 0
+
+
+def test_sighup_reloads_routes_and_refuses_bad_config(start_relay: Callable[..., RelayProcess], tmp_path: Path) -> None:
+    """SIGHUP puts a new config in service at once; a bad one is refused and the old one stays."""
+    relay = start_relay(ROUTES_V1)
+    assert get(relay.port, "/old/")[0] == 301
+    write_config(tmp_path, ROUTES_V2)
+    relay.signal(signal.SIGHUP)
+    relay.output.wait_for("configuration reloaded")
+    assert get(relay.port, "/new/")[0] == 308
+    assert get(relay.port, "/old/")[0] == 404
+
+    mark = len(relay.output.lines)
+    write_config(tmp_path, ROUTES_V2 + "[route /bad/]\nupstream = missing\n")
+    relay.signal(signal.SIGHUP)
+    line = relay.output.wait_for("reload refused", start=mark)
+    assert "[route /bad/] upstream: no [upstream missing] section" in line.string
+    assert get(relay.port, "/new/")[0] == 308
+    assert relay.popen.poll() is None
