@@ -148,17 +148,17 @@ class RelayProcess(Process):
         argv = [TWISTD, "-n", "--pidfile=", "wsrelay", "--config", str(config_path), *(extra or [])]
         super().__init__(argv, cwd or config_path.parent)
         self.urls: list[str] = []
+        self._next_line = 0
         if wait:
             self.wait_listening(timeout)
 
     def wait_listening(self, timeout: float = 20.0, count: int | None = None) -> list[str]:
-        """Wait for the listening lines; ``count`` of them (default: at least one)."""
-        start = 0
+        """Wait until ``count`` listening lines (default: at least one) have been seen in all."""
         needed = count or 1
         while len(self.urls) < needed:
-            m = self.output.wait_for(LISTENING, timeout, start)
+            m = self.output.wait_for(LISTENING, timeout, self._next_line)
             self.urls.append(m.group(1))
-            start = self.output.lines.index(m.string) + 1
+            self._next_line = self.output.lines.index(m.string, self._next_line) + 1
         return self.urls
 
     @property

@@ -53,18 +53,20 @@ class AccessLog:
     def __init__(self, path: str | None) -> None:
         self.path = path
         self._file: IO[str] | None = None
+        self._owned = False  # never close stdout: twistd swaps sys.stdout, so compare nothing to it
         if path == "-":
             self._file = sys.stdout
         elif path is not None:
             self._file = open(path, "a", buffering=1, encoding="ascii")
+            self._owned = True
 
     def write(self, line: str) -> None:
         if self._file is not None:
             self._file.write(line + "\n")
-            if self._file is sys.stdout:
+            if not self._owned:
                 self._file.flush()
 
     def close(self) -> None:
-        if self._file is not None and self._file is not sys.stdout:
+        if self._file is not None and self._owned:
             self._file.close()
         self._file = None

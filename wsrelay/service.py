@@ -15,20 +15,22 @@ Invariants:
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
-from twisted.internet.endpoints import serverFromString, wrapServerTLS
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from wsrelay import config as configmod
 from wsrelay.config import Config, ConfigError, Listener
 from wsrelay.gateway import Gateway
+from wsrelay.listeners import open_listener
 from wsrelay.site import RelaySite
+from wsrelay.workers import Workers
 
 
 def _listener_location(config: Config, listener: Listener) -> tuple[str, str]:
@@ -87,9 +89,15 @@ class RelayService(MultiService):
     log = Logger()
 
     def __init__(self, config: Config, reactor: Any, *, loader: Callable[[str], Config] = configmod.load,
-                 handle_signals: bool = False) -> None:
+                 handle_signals: bool = False, worker: int | None = None,
+                 port_overrides: dict[str, int] | None = None) -> None:
+        """``worker``: this process is worker N of a master (which bound the ports first);
+        ``port_overrides``: listener name -> the port the master bound (for ``tcp:0`` listeners)."""
         super().__init__()
         self.reactor = reactor
+        self.worker = worker
+        self.port_overrides = port_overrides or {}
+        self.workers: Workers | None = None
         self.loader = loader
         self.handle_signals = handle_signals
         self._tls = _TLS()
@@ -98,6 +106,10 @@ class RelayService(MultiService):
         self.ports: dict[tuple[str, str], IListeningPort] = {}
         self.urls: list[str] = []
         self._previous_sighup: Any = None
+
+    @property
+    def _worker_label(self) -> str:
+        return "" if self.worker is None else f", worker {self.worker}"
 
     @property
     def config(self) -> Config:
@@ -109,24 +121,23 @@ class RelayService(MultiService):
         """Start ``listener``; raise ConfigError if it cannot listen."""
         config = self.config
         section, key = _listener_location(config, listener)
+        creator = self._tls.contexts[listener.name] if listener.tls is not None else None
         try:
-            endpoint = serverFromString(self.reactor, listener.endpoint)
+            port = open_listener(
+                self.reactor, listener.endpoint, RelaySite(self.gateway, listener), tls_creator=creator,
+                reuse_port=self.worker is not None or config.workers > 1,
+                port=self.port_overrides.get(listener.name),
+            )
+        except (OSError, CannotListenError) as e:
+            reason = getattr(e, "socketError", None) or e
+            reason = getattr(reason, "strerror", None) or reason
+            raise ConfigError(config.path, section, key, f"cannot listen on {listener.endpoint!r}: {reason}") from None
         except (ValueError, TypeError, KeyError) as e:
             raise ConfigError(config.path, section, key, f"{listener.endpoint!r}: {e}") from None
-        if listener.tls is not None:
-            endpoint = wrapServerTLS(self._tls.contexts[listener.name], endpoint)
-        result: list[Any] = []
-        endpoint.listen(RelaySite(self.gateway, listener)).addBoth(result.append)
-        if not result:  # an endpoint that does not listen synchronously (systemd: does)
-            raise ConfigError(config.path, section, key, f"{listener.endpoint!r} did not start listening")
-        if isinstance(result[0], Failure):
-            reason = result[0].value
-            message = getattr(reason, "socketError", None) or reason
-            raise ConfigError(config.path, section, key, f"cannot listen on {listener.endpoint!r}: {message}")
-        port: IListeningPort = result[0]
         url = _url(port, listener)
         self.urls.append(url)
-        self.log.info("wsrelay listening on {url} ({listener})", url=url, listener=listener.name)
+        self.log.info("wsrelay listening on {url} ({listener}{worker})", url=url, listener=listener.name,
+                      worker=self._worker_label)
         return port
 
     def _start_listeners(self, listeners: tuple[Listener, ...]) -> None:
@@ -151,9 +162,19 @@ class RelayService(MultiService):
         super().startService()
         if self.handle_signals:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+        if self.worker is None and self.config.workers > 1:
+            ports = {key[0]: port.getHost().port for key, port in self.ports.items()
+                     if hasattr(port.getHost(), "port")}
+            self.workers = Workers(self.reactor, self.config.path, self.config.workers - 1, ports)
+            self.workers.start()
 
     def _on_sighup(self, signum: int, frame: object) -> None:
-        self.reactor.callFromThread(self.reload)
+        self.reactor.callFromThread(self._reload_all)
+
+    def _reload_all(self) -> None:
+        self.reload()
+        if self.workers is not None:
+            self.workers.signal(signal.SIGHUP)  # each worker validates and reloads on its own
 
     # -- reload -----------------------------------------------------------------------------
 
@@ -174,16 +195,20 @@ class RelayService(MultiService):
                 self.ports = old_ports
                 raise
         except ConfigError as e:
-            self.log.error("reload refused, the running configuration stays in service: {error}", error=str(e))
+            self.log.error("reload refused, the running configuration stays in service{worker}: {error}",
+                           error=str(e), worker=self._worker_label)
             return False
+        if new.workers != self.config.workers and self.worker is None:
+            self.log.warn("workers changed from {old} to {new}: takes effect at the next restart",
+                          old=self.config.workers, new=new.workers)
         commit_tls()
         for key, port in old_ports.items():
             if key not in wanted:
                 self.log.info("listener {name} removed: no longer listening on {endpoint}", name=key[0], endpoint=key[1])
                 port.stopListening()
         self.gateway.apply(new)
-        self.log.info("configuration reloaded from {path}: {routes} routes, {upstreams} upstream groups",
-                      path=path, routes=len(new.routes), upstreams=len(new.upstreams))
+        self.log.info("configuration reloaded from {path}: {routes} routes, {upstreams} upstream groups{worker}",
+                      path=path, routes=len(new.routes), upstreams=len(new.upstreams), worker=self._worker_label)
         return True
 
     # -- stop -------------------------------------------------------------------------------
@@ -195,6 +220,7 @@ class RelayService(MultiService):
             self._previous_sighup = None
         yield DeferredList([Deferred.fromCoroutine(_stop(p)) for p in self.ports.values()])
         self.ports.clear()
+        workers_stopped = self.workers.stop(self.config.drain_timeout + 5) if self.workers else None
         if self.gateway.live:
             self.log.info("draining {n} open exchanges for up to {t}s", n=len(self.gateway.live),
                           t=self.config.drain_timeout)
@@ -217,7 +243,14 @@ class RelayService(MultiService):
             if timer.active():
                 timer.cancel()
         self.gateway.close()
+        if workers_stopped is not None:
+            yield workers_stopped
         yield super().stopService()
+        self.log.info("wsrelay stopped{worker}", worker=self._worker_label)
+        # twistd ends the process with the terminating signal right after the reactor stops,
+        # before buffered log output would be written: flush it now.
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 async def _stop(port: IListeningPort) -> None:

@@ -6,6 +6,7 @@ exit status 1 and one line naming the file, section and key: never a traceback.
 
 from __future__ import annotations
 
+import json
 import sys
 
 from twisted.application.service import IService, Service
@@ -25,6 +26,8 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", configmod.DEFAULT_PATH, "The configuration file (INI; see etc/relay.ini)."],
+        ["worker", None, None, "Internal: run as worker N of a master wsrelay (workers = N in the config).", int],
+        ["ports", None, "{}", "Internal: JSON map of listener name to the port the master bound."],
     ]
     optFlags = [
         ["check", "t", "Check the configuration (and its TLS files), print the result, exit 0 or 1 without serving."],
@@ -58,7 +61,17 @@ def makeService(options: Options) -> IService:
 
     from wsrelay.service import RelayService
 
-    return _Guarded(RelayService(config, reactor, handle_signals=True))
+    worker = options["worker"]
+    try:
+        ports = {str(k): int(v) for k, v in json.loads(options["ports"]).items()}
+    except (ValueError, AttributeError):
+        raise _fail(f"--ports: {options['ports']!r} is not a JSON object of listener names to ports") from None
+    service = RelayService(config, reactor, handle_signals=True, worker=worker, port_overrides=ports)
+    if worker is not None:
+        from wsrelay.workers import watch_master
+
+        reactor.callWhenRunning(watch_master, reactor)
+    return _Guarded(service)
 
 
 class _Guarded(Service):

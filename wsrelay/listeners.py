@@ -1,0 +1,86 @@
+"""Opening a listener's socket.
+
+``tcp:`` and ``tcp6:`` endpoints are opened here with our own socket (``SO_REUSEADDR``, and
+``SO_REUSEPORT`` when several workers share the port, so the kernel spreads connections over
+them) and adopted by the reactor; other endpoint kinds (``unix:``, ``systemd:``) go through
+Twisted's ``serverFromString``.  TLS wraps the site's factory with ``TLSMemoryBIOFactory`` either
+way.  Failures raise :class:`OSError` or :class:`ValueError` with a readable message; the caller
+turns them into a ConfigError naming the section and key.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+_UNESCAPED_COLON = re.compile(r"(?<!\\):")
+
+
+def parse_tcp(description: str) -> tuple[int, int, str, int]:
+    """``tcp:PORT[:interface=ADDR][:backlog=N]`` -> (family, port, interface, backlog)."""
+    kind, *parts = [p.replace("\\:", ":") for p in _UNESCAPED_COLON.split(description)]
+    family = socket.AF_INET6 if kind.lower() == "tcp6" else socket.AF_INET
+    interface = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    backlog = 511
+    port: int | None = None
+    for part in parts:
+        name, eq, value = part.partition("=")
+        if not eq:
+            if port is not None:
+                raise ValueError(f"unexpected {part!r}")
+            port = int(name)
+        elif name == "port":
+            port = int(value)
+        elif name == "interface":
+            interface = value
+        elif name == "backlog":
+            backlog = int(value)
+        else:
+            raise ValueError(f"unknown option {name!r} (port, interface, backlog)")
+    if port is None:
+        raise ValueError("no port")
+    if ":" in interface and family == socket.AF_INET:
+        family = socket.AF_INET6
+    return family, port, interface, backlog
+
+
+def is_tcp(description: str) -> bool:
+    return description.split(":", 1)[0].lower() in {"tcp", "tcp6"}
+
+
+def open_listener(reactor: Any, description: str, factory: Factory, *, tls_creator: Any = None,
+                  reuse_port: bool = False, port: int | None = None) -> IListeningPort:
+    """Listen on ``description`` with ``factory`` (wrapped in TLS if ``tls_creator``).
+
+    ``port`` overrides the endpoint's port (workers join the port their master bound).
+    """
+    if tls_creator is not None:
+        factory = TLSMemoryBIOFactory(tls_creator, False, factory)
+    if not is_tcp(description):
+        result: list[Any] = []
+        serverFromString(reactor, description).listen(factory).addBoth(result.append)
+        if not result:
+            raise ValueError("the endpoint did not start listening")
+        if not IListeningPort.providedBy(result[0]):
+            result[0].raiseException()
+        return result[0]
+    family, configured_port, interface, backlog = parse_tcp(description)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((interface, configured_port if port is None else port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+        return reactor.adoptStreamPort(sock.fileno(), family, factory)
+    finally:
+        sock.close()  # adoptStreamPort duplicated the descriptor

@@ -1,0 +1,127 @@
+"""Worker processes: ``workers = N`` runs N processes that share each listening port.
+
+The master (the process twistd started) binds every TCP listener with ``SO_REUSEPORT`` and serves
+as worker 0; it then starts N-1 more twistd processes (``--worker I --ports JSON``) that bind the
+same ports with ``SO_REUSEPORT``, so the kernel spreads new connections over all of them.  Each
+process holds its own connections; nothing is shared but the ports.
+
+The master forwards SIGHUP to every worker (each re-reads and validates the file itself), sends
+SIGTERM to them when it stops and waits for them (bounded), and restarts a worker that dies on its
+own (after a second, so a crash loop cannot spin).  A worker stops by itself if its master
+disappears (``PR_SET_PDEATHSIG`` on Linux, and a check of the parent pid every second).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+log = Logger()
+
+_TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+
+def worker_argv(config_path: str, index: int, ports: dict[str, int]) -> list[str]:
+    return [sys.executable, "-c", _TWISTD, "--nodaemon", "--pidfile=", "wsrelay",
+            "--config", config_path, "--worker", str(index), "--ports", json.dumps(ports)]
+
+
+class _Worker(ProcessProtocol):
+    def __init__(self, pool: Workers, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.ended: Deferred[None] = Deferred()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+        self.pool._ended(self, reason)
+
+
+class Workers:
+    """The master's extra worker processes."""
+
+    def __init__(self, reactor: Any, config_path: str, count: int, ports: dict[str, int]) -> None:
+        self.reactor = reactor
+        self.config_path = os.path.abspath(config_path)
+        self.count = count
+        self.ports = ports
+        self.running: dict[int, tuple[_Worker, Any]] = {}
+        self.stopping = False
+
+    def start(self) -> None:
+        for index in range(1, self.count + 1):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        if self.stopping:
+            return
+        proto = _Worker(self, index)
+        transport = self.reactor.spawnProcess(
+            proto, sys.executable, worker_argv(self.config_path, index, self.ports),
+            env=dict(os.environ), childFDs={0: "w", 1: 1, 2: 2},
+        )
+        self.running[index] = (proto, transport)
+        log.info("worker {index} started (pid {pid})", index=index, pid=transport.pid)
+
+    def _ended(self, proto: _Worker, reason: Failure) -> None:
+        self.running.pop(proto.index, None)
+        if self.stopping:
+            return
+        log.error("worker {index} ended unexpectedly ({reason}); restarting it in 1s",
+                  index=proto.index, reason=reason.getErrorMessage())
+        self.reactor.callLater(1.0, self._spawn, proto.index)
+
+    def pids(self) -> list[int]:
+        return [t.pid for _, t in self.running.values() if t.pid]
+
+    def signal(self, signum: int) -> None:
+        for _, transport in list(self.running.values()):
+            try:
+                transport.signalProcess(signum)
+            except Exception:  # already gone: processEnded will follow
+                pass
+
+    def stop(self, timeout: float) -> Deferred[Any]:
+        """SIGTERM every worker; SIGKILL those still running after ``timeout``."""
+        self.stopping = True
+        ended = [proto.ended for proto, _ in self.running.values()]
+        self.signal(signal.SIGTERM)
+        timer = self.reactor.callLater(timeout, self.signal, signal.SIGKILL)
+        done = DeferredList(ended)
+
+        def cancel_timer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return done.addBoth(cancel_timer)
+
+
+def watch_master(reactor: Any) -> LoopingCall:
+    """In a worker: stop when the master goes away."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def check() -> None:
+        if os.getppid() != parent:
+            log.error("master process {pid} is gone; worker stopping", pid=parent)
+            reactor.stop()
+
+    loop = LoopingCall(check)
+    loop.clock = reactor
+    loop.start(1.0, now=False)
+    return loop
