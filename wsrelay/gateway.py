@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from wsrelay.accesslog import AccessLog
 from wsrelay.balancing import Balancer
 from wsrelay.config import Config
+from wsrelay.healthcheck import HealthChecker
 from wsrelay.routing import Router
 
 
@@ -55,6 +56,8 @@ class Gateway:
         self.runtime = Runtime.build(config)
         self.balancer = Balancer(reactor)
         self.balancer.configure(config.upstreams)
+        self.health = HealthChecker(reactor, self.balancer)
+        self.health.configure(config.upstreams)
         self.access_log = AccessLog(config.access_log)
         self.live: set[Live] = set()
         self._idle: list[Deferred[None]] = []
@@ -64,6 +67,7 @@ class Gateway:
     def apply(self, config: Config) -> None:
         """Put a new, already validated configuration in service for new requests."""
         self.balancer.configure(config.upstreams)
+        self.health.configure(config.upstreams)
         if config.access_log != self.access_log.path:
             old, self.access_log = self.access_log, AccessLog(config.access_log)
             old.close()
@@ -93,5 +97,6 @@ class Gateway:
             exchange.shutdown()
 
     def close(self) -> None:
+        self.health.stop()
         self.http.close()
         self.access_log.close()
