@@ -1,0 +1,225 @@
+"""Upstream choice and per-server state, with a fake clock: every balancing mode, passive and
+active health, backups, max_conns, and state carried across reloads."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from twisted.internet.task import Clock
+
+from wsrelay import config
+from wsrelay.balancing import Balancer, NoServerAvailable, server_id
+
+
+def groups(servers: str, extra: str = "") -> dict[str, config.Upstream]:
+    return dict(config.parse(f"""
+[wsrelay]
+listen = tcp:0
+[upstream g]
+servers = {servers}
+{extra}
+[route /]
+upstream = g
+websocket = off
+""").upstreams)
+
+
+def balancer(servers: str, extra: str = "") -> tuple[Balancer, Clock]:
+    clock = Clock()
+    b = Balancer(clock)
+    b.configure(groups(servers, extra))
+    return b, clock
+
+
+def picks(b: Balancer, n: int, **kw: object) -> list[int]:
+    out = []
+    for _ in range(n):
+        lease = b.acquire("g", client_ip="10.0.0.1", **kw)  # type: ignore[arg-type]
+        out.append(lease.server.port)
+        lease.release()
+    return out
+
+
+def test_weighted_round_robin_is_smooth_and_exact() -> None:
+    """Weights 5:1:1 give exactly 5/1/1 per cycle of 7, interleaved (nginx's smooth WRR)."""
+    b, _ = balancer("127.0.0.1:1 weight=5  127.0.0.1:2  127.0.0.1:3", "balance = round_robin")
+    cycle = picks(b, 7)
+    assert Counter(cycle) == {1: 5, 2: 1, 3: 1}
+    assert cycle == [1, 1, 2, 1, 3, 1, 1]  # smooth: the heavy server is not picked 5 times in a row
+    assert picks(b, 7) == cycle
+
+
+def test_least_conn_counts_open_leases_per_weight() -> None:
+    """least_conn picks the fewest active per unit of weight; releases make room again."""
+    b, _ = balancer("127.0.0.1:1 weight=2  127.0.0.1:2", "balance = least_conn")
+    held = [b.acquire("g", client_ip="x") for _ in range(6)]
+    assert Counter(l.server.port for l in held) == {1: 4, 2: 2}
+    for lease in [l for l in held if l.server.port == 1][:3]:
+        lease.release()
+    assert b.acquire("g", client_ip="x").server.port == 1
+
+
+def test_ip_hash_is_stable_and_fails_over() -> None:
+    """ip_hash keeps a client (same /24) on one server, moves it while that server is down, and back."""
+    b, clock = balancer("127.0.0.1:1 127.0.0.1:2 127.0.0.1:3", "balance = ip_hash\nmax_fails = 1\nfail_timeout = 10s")
+    first = b.acquire("g", client_ip="192.0.2.10")
+    home = first.server.port
+    first.release()
+    assert {b.acquire("g", client_ip="192.0.2.99").server.port for _ in range(5)} == {home}
+    spread = {b.acquire("g", client_ip=f"198.51.{i}.1").server.port for i in range(60)}
+    assert spread == {1, 2, 3}
+    lease = b.acquire("g", client_ip="192.0.2.10")
+    lease.failure("connect refused")
+    lease.release()
+    assert b.acquire("g", client_ip="192.0.2.10").server.port != home
+    clock.advance(10)
+    assert b.acquire("g", client_ip="192.0.2.10").server.port == home
+
+
+def test_cookie_sticky_inserts_honours_and_falls_back() -> None:
+    """cookie mode sets an opaque id cookie, honours it, and re-pins the client if that server is down."""
+    b, _ = balancer("127.0.0.1:1 127.0.0.1:2", "balance = cookie\nsticky = srv\nmax_fails = 1")
+    lease = b.acquire("g", client_ip="x")
+    cookie = lease.set_cookie()
+    assert cookie is not None and cookie.startswith(b"srv=") and b"127.0.0.1" not in cookie
+    value = cookie.split(b";")[0].split(b"=")[1]
+    assert value == server_id(lease.server).encode()
+    headers = [(b"Cookie", b"a=b; srv=" + value)]
+    for _ in range(5):
+        again = b.acquire("g", client_ip="y", headers=headers)
+        assert again.server == lease.server and again.set_cookie() is None
+    again.failure("timeout")
+    moved = b.acquire("g", client_ip="y", headers=headers)
+    assert moved.server != lease.server and moved.set_cookie() is not None
+
+
+def test_header_sticky_is_rendezvous_stable_when_servers_are_added() -> None:
+    """header mode maps a value to one server; adding a server moves only clients it now wins."""
+    b, _ = balancer("127.0.0.1:1 127.0.0.1:2 127.0.0.1:3", "balance = header\nsticky = X-Session")
+    before = {f"s{i}": b.acquire("g", client_ip="x", headers=[(b"x-session", f"s{i}".encode())]).server.port
+              for i in range(200)}
+    b.configure(groups("127.0.0.1:1 127.0.0.1:2 127.0.0.1:3 127.0.0.1:4", "balance = header\nsticky = X-Session"))
+    after = {f"s{i}": b.acquire("g", client_ip="x", headers=[(b"x-session", f"s{i}".encode())]).server.port
+             for i in range(200)}
+    moved = [k for k in before if before[k] != after[k]]
+    assert all(after[k] == 4 for k in moved)
+    assert 20 < len(moved) < 90  # about a quarter of the clients
+    no_header = b.acquire("g", client_ip="x")
+    assert no_header.server.port in {1, 2, 3, 4}
+
+
+def test_backup_only_when_primaries_unavailable() -> None:
+    """A backup server takes traffic only while no primary server can."""
+    b, clock = balancer("127.0.0.1:1  127.0.0.1:2 backup", "max_fails = 1\nfail_timeout = 5s")
+    assert set(picks(b, 4)) == {1}
+    lease = b.acquire("g", client_ip="x")
+    lease.failure("refused")
+    lease.release()
+    assert set(picks(b, 3)) == {2}
+    clock.advance(5)
+    assert set(picks(b, 3)) == {1}
+
+
+def test_max_conns_is_respected() -> None:
+    """A server at max_conns is skipped; with every server full the answer is 503 at once."""
+    b, _ = balancer("127.0.0.1:1 max_conns=1  127.0.0.1:2 max_conns=1")
+    a, c = b.acquire("g", client_ip="x"), b.acquire("g", client_ip="x")
+    assert {a.server.port, c.server.port} == {1, 2}
+    with pytest.raises(NoServerAvailable):
+        b.acquire("g", client_ip="x")
+    a.release()
+    assert b.acquire("g", client_ip="x").server == a.server
+
+
+def test_passive_health_window_and_recovery() -> None:
+    """max_fails failures within fail_timeout take a server out for fail_timeout; older ones don't count."""
+    b, clock = balancer("127.0.0.1:1 127.0.0.1:2", "balance = round_robin\nmax_fails = 2\nfail_timeout = 10s")
+    one = next(l for l in (b.acquire("g", client_ip="x") for _ in range(2)) if l.server.port == 1)
+    one.failure("timeout")
+    clock.advance(11)  # the first failure ages out
+    one.failure("timeout")
+    assert 1 in picks(b, 4)
+    one.failure("refused")  # two within 10 s
+    assert set(picks(b, 4)) == {2}
+    assert b.snapshot()["g"]["http://127.0.0.1:1"]["down"] is True
+    clock.advance(10)
+    assert set(picks(b, 4)) == {1, 2}
+
+
+def test_every_server_down_gives_503_with_retry_after() -> None:
+    """With every server down, NoServerAvailable carries Retry-After until the first comes back."""
+    b, clock = balancer("127.0.0.1:1 127.0.0.1:2", "max_fails = 1\nfail_timeout = 30s")
+    for _ in range(2):
+        lease = b.acquire("g", client_ip="x")
+        lease.failure("refused")
+        lease.release()
+        clock.advance(4)
+    with pytest.raises(NoServerAvailable) as info:
+        b.acquire("g", client_ip="x")
+    assert info.value.status == 503
+    assert info.value.headers == {b"Retry-After": b"22"}
+
+
+def test_active_health_marks() -> None:
+    """A server marked down by active checks is skipped until marked up."""
+    b, _ = balancer("127.0.0.1:1 127.0.0.1:2")
+    b.mark_health("g", "http://127.0.0.1:1", False)
+    assert set(picks(b, 4)) == {2}
+    b.mark_health("g", "http://127.0.0.1:1", True)
+    assert set(picks(b, 4)) == {1, 2}
+
+
+def test_max_fails_zero_disables_passive_health() -> None:
+    """max_fails = 0: failures never take a server out."""
+    b, _ = balancer("127.0.0.1:1", "max_fails = 0")
+    lease = b.acquire("g", client_ip="x")
+    for _ in range(10):
+        lease.failure("refused")
+    assert picks(b, 1) == [1]
+
+
+def test_reload_keeps_counts_and_health_and_adds_servers_at_once() -> None:
+    """A reload neither forgets live leases nor health; a new server gets the next connections."""
+    b, _ = balancer("127.0.0.1:1 127.0.0.1:2", "balance = least_conn")
+    held = [b.acquire("g", client_ip="x") for _ in range(4)]
+    b.mark_health("g", "http://127.0.0.1:2", False)
+    b.configure(groups("127.0.0.1:1 127.0.0.1:2 127.0.0.1:3", "balance = least_conn"))
+    snap = b.snapshot()["g"]
+    assert snap["http://127.0.0.1:1"]["active"] == 2 and snap["http://127.0.0.1:2"]["healthy"] is False
+    assert [b.acquire("g", client_ip="x").server.port for _ in range(2)] == [3, 3]
+    for lease in held:
+        lease.release()
+
+
+def test_removed_server_lease_releases_cleanly() -> None:
+    """A lease on a server removed by a reload releases without error, and the server is gone."""
+    b, _ = balancer("127.0.0.1:1 127.0.0.1:2", "balance = round_robin")
+    leases = [b.acquire("g", client_ip="x") for _ in range(2)]
+    b.configure(groups("127.0.0.1:1", "balance = round_robin"))
+    for lease in leases:
+        lease.success()
+        lease.release()
+        lease.release()  # idempotent
+    assert list(b.snapshot()["g"]) == ["http://127.0.0.1:1"]
+    assert b.snapshot()["g"]["http://127.0.0.1:1"]["active"] == 0
+    assert b.retired == {"g": []}
+
+
+def test_snapshot_reports_served_and_failures() -> None:
+    """snapshot shows active, served and recent failures per server."""
+    b, _ = balancer("127.0.0.1:1")
+    lease = b.acquire("g", client_ip="x")
+    lease.success()
+    lease.failure("read timeout")
+    snap = b.snapshot()["g"]["http://127.0.0.1:1"]
+    assert (snap["active"], snap["served"], snap["failures"]) == (1, 1, 0)  # max_fails=1: counted, then down
+    assert snap["down"] is True
+
+
+def test_exclude_skips_tried_servers() -> None:
+    """A retry excludes servers already tried."""
+    b, _ = balancer("127.0.0.1:1 127.0.0.1:2")
+    assert {b.acquire("g", client_ip="x", exclude={"http://127.0.0.1:1"}).server.port for _ in range(3)} == {2}
+    with pytest.raises(NoServerAvailable):
+        b.acquire("g", client_ip="x", exclude={"http://127.0.0.1:1", "http://127.0.0.1:2"})
