@@ -1,24 +1,414 @@
-"""The streaming HTTP reverse proxy (stub: being written; see the core issue)."""
+"""The streaming HTTP reverse proxy: a route's plain HTTP requests to its upstream group.
+
+Invariants:
+
+- HTTP/1.1 to upstreams over a persistent pool per upstream group (``keepalive`` idle connections
+  per server); the method, the request target (byte for byte) and every header line are passed
+  on, with hop-by-hop fields removed and X-Forwarded-* added (``headers.request_to_upstream``).
+- Bodies stream: the request body from twisted.web's spool file (``FileBodyProducer``), the
+  response body as it arrives, with the upstream read paused while the client's socket is full
+  (the response's transport is registered as the request's producer).  Nothing is cached.
+- Every way an exchange can end is handled once, in :class:`_Exchange`: a response (its lease
+  reports success, or failure for a ``fail_statuses`` status), a connect failure (retried on the
+  next server within ``retries``/``retry_timeout``, never after bytes of a non-idempotent request
+  were sent), a timeout (504), an upstream that breaks off mid-body (the client connection is
+  aborted: a truncated body is never passed off as complete), or the client leaving (the upstream
+  request is cancelled).
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from twisted.web.server import Request
+from twisted.internet import error as neterror
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import client
+from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import FileBodyProducer, HTTPConnectionPool, ResponseDone, URI
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
+from wsrelay import headers as H
 from wsrelay.answers import answer_error
-from wsrelay.config import Route
-from wsrelay.errors import BadGateway
+from wsrelay.config import Route, Server, Upstream
+from wsrelay.connect import upstream_endpoint
+from wsrelay.errors import BadGateway, GatewayTimeout, PayloadTooLarge, ProxyError
+
+log = Logger()
+
+#: RFC 9110 section 9.2.2.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+
+#: Fields twisted.web adds to every response that must come from the upstream or not at all.
+_DEFAULT_FIELDS = (b"server", b"date", b"content-type")
+
+
+class _UpstreamAgent(client._AgentBase):
+    """Issues a request to one chosen server with the client's target as-is.
+
+    ``Agent.request`` would re-serialise the target through ``urlunparse`` (dropping an empty
+    ``?``, mangling ``//`` paths); this sends exactly the bytes the client sent.
+    """
+
+    def send(self, key: Any, endpoint: Any, method: bytes, server: Server, target: bytes,
+             headers: Headers, body: Any) -> Deferred[IResponse]:
+        uri = URI(scheme=b"https" if server.tls else b"http", netloc=server.hostport.encode("ascii"),
+                  host=server.host.encode("ascii"), port=server.port, path=target, params=b"", query=b"",
+                  fragment=b"")
+        return self._requestWithEndpoint(key, endpoint, method, uri, headers, body, target)
+
+
+class _QuietClientFactory(client._HTTP11ClientFactory):
+    noisy = False  # no log line per upstream connection
+
+
+@implementer(IPushProducer)
+class _BodyPump(Protocol):
+    """Copies the upstream response body to the client.
+
+    It is the request's producer: when the client's socket is full twisted.web pauses it, which
+    pauses the upstream read and the read timer (a slow client is not a slow upstream).
+    """
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self.exchange = exchange
+
+    def connectionMade(self) -> None:
+        self.exchange.body_transport = self.transport
+        self.exchange.request.registerProducer(self, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.exchange.body_data(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.exchange.body_done(reason)
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+        self.exchange.disarm_timer()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+        self.exchange.arm_timer("read")
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+
+class _SpoolProducer(FileBodyProducer):
+    """Streams the spooled request body, telling the exchange as each piece is accepted."""
+
+    def __init__(self, exchange: _Exchange, cooperator: Any) -> None:
+        super().__init__(exchange.request.content, cooperator=cooperator)
+        self.exchange = exchange
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        exchange = self.exchange
+        exchange.arm_timer("send")
+
+        class Counting:
+            def write(self, data: bytes) -> None:
+                exchange.arm_timer("send")
+                consumer.write(data)
+
+        d = super().startProducing(Counting())
+        d.addCallback(lambda _: exchange.arm_timer("read"))
+        return d
+
+
+class _Exchange:
+    """One proxied request, from dispatch to the last byte (or the abort)."""
+
+    def __init__(self, proxy: HTTPProxy, request: Request, route: Route, upstream: Upstream, scheme: str) -> None:
+        self.proxy = proxy
+        self.reactor = proxy.gateway.reactor
+        self.request = request
+        self.route = route
+        self.upstream = upstream
+        self.scheme = scheme
+        self.raw = H.flatten(request.requestHeaders.getAllRawHeaders())
+        self.client_ip = getattr(request.getClientAddress(), "host", "127.0.0.1")
+        self.tried: list[str] = []
+        self.lease: Any = None
+        self.pending: Deferred[IResponse] | None = None
+        self.timer: Any = None
+        self.timer_kind = "read"
+        self.timeout_kind: str | None = None
+        self.body_transport: Any = None
+        self.deadline = self.reactor.seconds() + route.retry_timeout
+        self.done = False
+        self.body_size = _spooled_size(request)
+
+    # -- start and attempts ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.proxy.gateway.opened(self)
+        self.request.notifyFinish().addErrback(self.client_gone)
+        if self.route.max_body_size and self.body_size > self.route.max_body_size:
+            self.answer(PayloadTooLarge(f"body of {self.body_size} bytes over {self.route.max_body_size}"))
+            return
+        self.attempt()
+
+    def attempt(self) -> None:
+        try:
+            self.lease = self.proxy.gateway.balancer.acquire(
+                self.route.upstream, client_ip=self.client_ip, headers=self.raw, exclude=self.tried)
+        except ProxyError as e:
+            self.answer(e)
+            return
+        server = self.lease.server
+        self.tried.append(server.key)
+        self.request.wsrelay_upstream = server.hostport  # type: ignore[attr-defined]
+        out = H.request_to_upstream(self.raw, client_ip=self.client_ip, scheme=self.scheme,
+                                    host_header=self.route.host_header, upstream_hostport=server.hostport)
+        headers = Headers()
+        for name, value in out:
+            headers.addRawHeader(name, value)
+        body = None
+        if self.body_size or self.request.requestHeaders.hasHeader(b"transfer-encoding"):
+            self.request.content.seek(0)
+            body = _SpoolProducer(self, self.proxy.cooperator)
+            body.length = self.body_size
+        endpoint = upstream_endpoint(self.reactor, self.upstream, server, self.route.connect_timeout)
+        agent = self.proxy.agent_for(self.upstream)
+        self.pending = agent.send((self.upstream.name, server.key), endpoint, self.request.method, server,
+                                  self.request.uri, headers, body)
+        if body is None:
+            self.arm_timer("read")
+        self.pending.addCallbacks(self.response, self.failed)
+
+    def arm_timer(self, kind: str) -> None:
+        """(Re)start the timer: ``send`` while the upstream takes the body, ``read`` while we wait on it."""
+        if self.done:
+            return
+        delay = self.route.send_timeout if kind == "send" else self.route.read_timeout
+        self.timer_kind = kind
+        if self.timer is not None and self.timer.active():
+            self.timer.reset(delay)
+        else:
+            self.timer = self.reactor.callLater(delay, self.timed_out)
+
+    def disarm_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    def timed_out(self) -> None:
+        self.timer = None
+        if self.pending is not None and not self.pending.called:
+            self.timeout_kind = self.timer_kind
+            self.pending.cancel()
+        elif self.body_transport is not None:
+            self.describe_failure(f"no body bytes within read_timeout {self.route.read_timeout}s")
+            self.lease_failure("read timeout")
+            self.body_transport.stopProducing()
+            self.abort_client()
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def response(self, response: IResponse) -> None:
+        self.pending = None
+        self.disarm_timer()
+        if self.done:
+            response.deliverBody(Protocol())  # the client left meanwhile: drop it
+            return
+        if response.code in self.upstream.fail_statuses:
+            self.lease.failure(f"status {response.code}")
+        else:
+            self.lease.success()
+        request = self.request
+        request.setResponseCode(response.code, response.phrase)
+        for name in _DEFAULT_FIELDS:
+            request.responseHeaders.removeHeader(name)
+        for name, value in H.response_to_client(H.flatten(response.headers.getAllRawHeaders())):
+            request.responseHeaders.addRawHeader(name, value)
+        cookie = self.lease.set_cookie()
+        if cookie is not None:
+            request.responseHeaders.addRawHeader(b"set-cookie", cookie)
+        if request.method == b"HEAD" or response.code in (204, 304) or 100 <= response.code < 200:
+            # No body on the wire; keep the upstream's headers (Content-Length included) as they are.
+            response.deliverBody(Protocol())
+            self.finish()
+            return
+        self.arm_timer("read")
+        response.deliverBody(_BodyPump(self))
+
+    def body_data(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.arm_timer("read")
+        self.request.write(data)
+
+    def body_done(self, reason: Failure | None) -> None:
+        self.disarm_timer()
+        if self.done:
+            return
+        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+            self.finish()
+            return
+        self.describe_failure(f"upstream broke off the response body: {_reason(reason)}")
+        self.lease_failure("reset mid-response")
+        self.abort_client()
+
+    def failed(self, reason: Failure) -> None:
+        self.pending = None
+        self.disarm_timer()
+        if self.done:
+            return
+        timeout, self.timeout_kind = self.timeout_kind, None
+        connect_failure = reason.check(neterror.ConnectError, neterror.DNSLookupError,
+                                       neterror.ConnectingCancelledError) is not None
+        if timeout == "send":
+            error: ProxyError = GatewayTimeout(f"upstream took no body bytes for send_timeout {self.route.send_timeout}s")
+            cause = "send timeout"
+        elif timeout == "read":
+            error = GatewayTimeout(f"no response within read_timeout {self.route.read_timeout}s")
+            cause = "read timeout"
+        elif reason.check(neterror.TimeoutError, neterror.ConnectingCancelledError):
+            error, cause = GatewayTimeout(f"connect timeout after {self.route.connect_timeout}s"), "connect timeout"
+        elif connect_failure:
+            error, cause = BadGateway(f"connect failed: {_reason(reason)}"), "connect error"
+        else:
+            error, cause = BadGateway(f"no response: {_reason(reason)}"), "no response"
+        self.lease_failure(cause)
+        # Retry when nothing was sent (connect failed), or when resending is safe (idempotent).
+        retryable = (connect_failure or (reason.check(ResponseNeverReceived) is not None
+                                         and self.request.method in IDEMPOTENT and not timeout))
+        if retryable and len(self.tried) <= self.route.retries and self.reactor.seconds() < self.deadline:
+            log.info("route {route}: {server} failed ({cause}); retrying on another server",
+                     route=self.route.name, server=self.tried[-1], cause=cause)
+            self.release()
+            self.attempt()
+            return
+        self.describe_failure(error.detail)
+        self.answer(error)
+
+    def client_gone(self, reason: Failure) -> None:
+        """The client closed its connection before the response was complete."""
+        if self.done:
+            return
+        self.done = True
+        self.disarm_timer()
+        if self.pending is not None and not self.pending.called:
+            self.pending.cancel()
+        if self.body_transport is not None:
+            self.body_transport.stopProducing()
+        self.release()
+        self.proxy.gateway.closed(self)
+
+    # -- endings ---------------------------------------------------------------------------
+
+    def lease_failure(self, cause: str) -> None:
+        if self.lease is not None:
+            self.lease.failure(cause)
+
+    def describe_failure(self, detail: str) -> None:
+        server = self.tried[-1] if self.tried else "-"
+        log.warn("route {route} upstream {upstream} server {server}: {detail} ({method} {target})",
+                 route=self.route.name, upstream=self.upstream.name, server=server, detail=detail,
+                 method=self.request.method.decode("latin-1"), target=self.request.uri[:200].decode("latin-1"))
+
+    def answer(self, error: ProxyError) -> None:
+        self.request.write(answer_error(self.request, error))
+        self.finish()
+
+    def finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.release()
+        self.request.unregisterProducer()
+        self.request.finish()
+        self.proxy.gateway.closed(self)
+
+    def abort_client(self) -> None:
+        """End the client's connection without a clean end of the response."""
+        if self.done:
+            return
+        self.done = True
+        self.release()
+        self.request.unregisterProducer()
+        self.request.code = 502 if not self.request.startedWriting else self.request.code
+        self.request.channel.transport.abortConnection()
+        self.proxy.gateway.closed(self)
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
+    def shutdown(self) -> None:
+        """Stopping and the drain time is over: end this exchange now."""
+        if self.pending is not None and not self.pending.called:
+            self.pending.cancel()
+        self.abort_client()
 
 
 class HTTPProxy:
     """Proxies plain HTTP requests of a route to its upstream group."""
 
     def __init__(self, gateway: Any) -> None:
+        from twisted.internet.task import Cooperator
+
         self.gateway = gateway
+        self.pools: dict[str, HTTPConnectionPool] = {}
+        self.agents: dict[str, _UpstreamAgent] = {}
+        self.cooperator = Cooperator(scheduler=lambda x: gateway.reactor.callLater(0, x))
+
+    def agent_for(self, upstream: Upstream) -> _UpstreamAgent:
+        pool = self.pools.get(upstream.name)
+        if pool is None:
+            pool = self.pools[upstream.name] = HTTPConnectionPool(self.gateway.reactor, persistent=True)
+            pool.retryAutomatically = True
+            pool._factory = _QuietClientFactory
+            self.agents[upstream.name] = _UpstreamAgent(self.gateway.reactor, pool)
+        pool.maxPersistentPerHost = upstream.keepalive
+        pool.persistent = upstream.keepalive > 0
+        return self.agents[upstream.name]
 
     def render(self, request: Request, route: Route, runtime: Any, scheme: str) -> bytes | int:
-        return answer_error(request, BadGateway("not implemented yet"))
+        upstream = runtime.config.upstreams[route.upstream]
+        _Exchange(self, request, route, upstream, scheme).start()
+        return NOT_DONE_YET
 
     def close(self) -> None:
-        pass
+        for pool in self.pools.values():
+            pool.closeCachedConnections()
+        self.cooperator.stop()
+
+
+def _spooled_size(request: Request) -> int:
+    content = request.content
+    if content is None:
+        return 0
+    try:
+        return os.fstat(content.fileno()).st_size
+    except (AttributeError, OSError, ValueError):
+        position = content.tell()
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(position)
+        return size
+
+
+def _reason(failure: Failure) -> str:
+    if failure.check(ResponseFailed, ResponseNeverReceived):
+        inner = getattr(failure.value, "reasons", None) or []
+        if inner:
+            return "; ".join(_reason(r) for r in inner)
+    if failure.check(CancelledError):
+        return "cancelled"
+    try:
+        from wsrelay import tls
+
+        return tls.describe_tls_failure(failure)
+    except Exception:
+        return failure.getErrorMessage() or failure.type.__name__
