@@ -28,7 +28,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client
-from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+from twisted.web._newclient import HTTP11ClientProtocol, ResponseFailed, ResponseNeverReceived
 from twisted.web.client import FileBodyProducer, HTTPConnectionPool, ResponseDone, URI
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -66,8 +66,33 @@ class _UpstreamAgent(client._AgentBase):
         return self._requestWithEndpoint(key, endpoint, method, uri, headers, body, target)
 
 
+class _RelayClientProtocol(HTTP11ClientProtocol):
+    """Keeps the response's connection-control fields, which Twisted's parser sets apart.
+
+    ``Content-Length`` (to pass on unchanged) and ``Connection`` (whose tokens name more
+    hop-by-hop fields to remove) live in the parser's ``connHeaders``, not ``response.headers``.
+    """
+
+    def request(self, request: Any) -> Deferred[IResponse]:
+        d = super().request(request)
+        parser = self._parser
+        if parser is not None:
+            all_headers = parser.allHeadersReceived
+
+            def keep_connection_headers() -> None:
+                if parser.response is not None:
+                    parser.response.wsrelay_conn_headers = parser.connHeaders
+                all_headers()
+
+            parser.allHeadersReceived = keep_connection_headers
+        return d
+
+
 class _QuietClientFactory(client._HTTP11ClientFactory):
     noisy = False  # no log line per upstream connection
+
+    def buildProtocol(self, addr: Any) -> _RelayClientProtocol:
+        return _RelayClientProtocol(self._quiescentCallback)
 
 
 @implementer(IPushProducer)
@@ -203,7 +228,7 @@ class _Exchange:
 
     def timed_out(self) -> None:
         self.timer = None
-        if self.pending is not None and not self.pending.called:
+        if self.pending is not None:  # still waiting for the response
             self.timeout_kind = self.timer_kind
             self.pending.cancel()
         elif self.body_transport is not None:
@@ -228,7 +253,12 @@ class _Exchange:
         request.setResponseCode(response.code, response.phrase)
         for name in _DEFAULT_FIELDS:
             request.responseHeaders.removeHeader(name)
-        for name, value in H.response_to_client(H.flatten(response.headers.getAllRawHeaders())):
+        conn = getattr(response, "wsrelay_conn_headers", None)
+        fields = H.flatten(conn.getAllRawHeaders()) if conn is not None else []
+        if response.code == 204 or response.code < 200:
+            fields = [(k, v) for k, v in fields if k.lower() != b"content-length"]
+        fields += H.flatten(response.headers.getAllRawHeaders())
+        for name, value in H.response_to_client(fields):
             request.responseHeaders.addRawHeader(name, value)
         cookie = self.lease.set_cookie()
         if cookie is not None:
@@ -297,7 +327,7 @@ class _Exchange:
             return
         self.done = True
         self.disarm_timer()
-        if self.pending is not None and not self.pending.called:
+        if self.pending is not None:  # still waiting for the response
             self.pending.cancel()
         if self.body_transport is not None:
             self.body_transport.stopProducing()
@@ -337,7 +367,9 @@ class _Exchange:
         self.release()
         self.request.unregisterProducer()
         self.request.code = 502 if not self.request.startedWriting else self.request.code
-        self.request.channel.transport.abortConnection()
+        # Flush what was relayed, then close without the terminating chunk: the client sees a body
+        # shorter than its Content-Length (or an unterminated chunked body), never a complete one.
+        self.request.channel.transport.loseConnection()
         self.proxy.gateway.closed(self)
 
     def release(self) -> None:
@@ -347,7 +379,7 @@ class _Exchange:
 
     def shutdown(self) -> None:
         """Stopping and the drain time is over: end this exchange now."""
-        if self.pending is not None and not self.pending.called:
+        if self.pending is not None:  # still waiting for the response
             self.pending.cancel()
         self.abort_client()
 
