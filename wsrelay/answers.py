@@ -18,7 +18,7 @@ def answer_error(request: Request, error: ProxyError, *, close: bool = False) ->
     unknown state, so nothing after it can be trusted).
     """
     request.setResponseCode(error.status, error.reason.encode("ascii"))
-    for name in (b"content-encoding", b"transfer-encoding", b"set-cookie", b"etag", b"last-modified"):
+    for name in (b"server", b"content-encoding", b"transfer-encoding", b"set-cookie", b"etag", b"last-modified"):
         request.responseHeaders.removeHeader(name)
     request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
     request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
@@ -35,6 +35,7 @@ def answer_error(request: Request, error: ProxyError, *, close: bool = False) ->
 def answer_redirect(request: Request, status: int, location: bytes) -> bytes:
     """A 301/308 to ``location`` with a one-line body."""
     request.setResponseCode(status)
+    request.responseHeaders.removeHeader(b"server")
     request.responseHeaders.setRawHeaders(b"location", [location])
     request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
     body = b"Moved to " + location + b"\n"
