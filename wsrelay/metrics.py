@@ -1,55 +1,99 @@
 """Counters for WebSocket traffic, per route and per hop, ready for a metrics endpoint.
 
-Pure bookkeeping: increments only, no I/O.  ``snapshot()`` returns plain dicts.  Hops are named by
-the side messages come *from*: ``client`` (client to upstream) and ``upstream`` (upstream to
-client); close codes are counted per side that sent them (``None``: closed without a code or lost).
+Pure bookkeeping: increments only, no I/O.  A *hop* is one side of a relayed pair: ``client``
+(wsrelay <-> the client) and ``upstream`` (wsrelay <-> the upstream server).  On each hop ``in``
+is what its peer sent wsrelay and ``out`` what wsrelay sent its peer, so a message from the client
+counts as ``client`` in and ``upstream`` out.  Close codes are counted per hop and direction
+(``None``: a close frame without a code).  Tunnel-mode pairs count octets only (they see no
+messages).  ``snapshot()`` returns plain dicts (JSON-ready; close codes as strings).
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any
 
+HOPS = ("client", "upstream")
 
-class _RouteCounters:
-    __slots__ = ("open", "opened", "messages", "octets", "close_codes")
+
+class HopCounters:
+    """Traffic on one hop of one route."""
+
+    __slots__ = ("messages_in", "messages_out", "octets_in", "octets_out", "closes_in", "closes_out")
+
+    def __init__(self) -> None:
+        self.messages_in = 0
+        self.messages_out = 0
+        self.octets_in = 0
+        self.octets_out = 0
+        self.closes_in: Counter[int | None] = Counter()
+        self.closes_out: Counter[int | None] = Counter()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "messages_in": self.messages_in, "messages_out": self.messages_out,
+            "octets_in": self.octets_in, "octets_out": self.octets_out,
+            "closes_in": {str(k): v for k, v in self.closes_in.items()},
+            "closes_out": {str(k): v for k, v in self.closes_out.items()},
+        }
+
+
+class RouteCounters:
+    """Pairs and per-hop traffic of one route."""
+
+    __slots__ = ("open", "opened", "hops")
 
     def __init__(self) -> None:
         self.open = 0
         self.opened = 0
-        self.messages: Counter[str] = Counter()
-        self.octets: Counter[str] = Counter()
-        self.close_codes: dict[str, Counter[int | None]] = defaultdict(Counter)
+        self.hops = {hop: HopCounters() for hop in HOPS}
 
 
 class WebSocketMetrics:
-    """Per-route WebSocket counters."""
+    """Per-route, per-hop WebSocket counters."""
 
     def __init__(self) -> None:
-        self.routes: dict[str, _RouteCounters] = defaultdict(_RouteCounters)
+        self.routes: dict[str, RouteCounters] = {}
+
+    def route(self, name: str) -> RouteCounters:
+        counters = self.routes.get(name)
+        if counters is None:
+            counters = self.routes[name] = RouteCounters()
+        return counters
+
+    def hop(self, route: str, hop: str) -> HopCounters:
+        return self.route(route).hops[hop]
 
     def opened(self, route: str) -> None:
-        c = self.routes[route]
+        """A pair completed both handshakes."""
+        c = self.route(route)
         c.open += 1
         c.opened += 1
 
     def ended(self, route: str) -> None:
-        self.routes[route].open -= 1
+        """A pair that had opened is over."""
+        self.route(route).open -= 1
 
-    def message(self, route: str, source: str, size: int) -> None:
-        c = self.routes[route]
-        c.messages[source] += 1
-        c.octets[source] += size
+    def received(self, route: str, hop: str, octets: int, *, message: bool = True) -> None:
+        """``hop``'s peer sent a message of ``octets`` (or, tunnels, ``octets`` bytes)."""
+        h = self.hop(route, hop)
+        h.messages_in += message
+        h.octets_in += octets
 
-    def closed(self, route: str, side: str, code: int | None) -> None:
-        self.routes[route].close_codes[side][code] += 1
+    def sent(self, route: str, hop: str, octets: int, *, message: bool = False) -> None:
+        """wsrelay sent ``octets`` of payload to ``hop``'s peer; ``message``: a message ended."""
+        h = self.hop(route, hop)
+        h.messages_out += message
+        h.octets_out += octets
+
+    def close_in(self, route: str, hop: str, code: int | None) -> None:
+        self.hop(route, hop).closes_in[code] += 1
+
+    def close_out(self, route: str, hop: str, code: int | None) -> None:
+        self.hop(route, hop).closes_out[code] += 1
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            route: {
-                "open": c.open, "opened": c.opened,
-                "messages": dict(c.messages), "octets": dict(c.octets),
-                "close_codes": {side: dict(codes) for side, codes in c.close_codes.items()},
-            }
-            for route, c in self.routes.items()
+            name: {"open": c.open, "opened": c.opened, "hops": {hop: h.snapshot() for hop, h in c.hops.items()}}
+            for name, c in self.routes.items()
         }

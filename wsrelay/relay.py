@@ -1,164 +1,359 @@
-"""The WebSocket message relay between two legs.  Pure: no I/O, no Autobahn, no reactor.
+"""The WebSocket relay between two legs, as a pure state machine: events in, actions out.
 
-A *leg* is one side's WebSocket connection (toward the client, or toward the upstream); the relay
-sees events from a source leg and drives the destination leg, the same way in both directions.
+Nothing here touches sockets, Autobahn or a clock.  ``websocket.py`` feeds each leg's events in
+(:meth:`Relay.message_begin`, :meth:`Relay.frame_data`, :meth:`Relay.close_received`, ...) and
+performs the :data:`Action` values each call returns, in order.  The code is direction-agnostic:
+every event names its *source* side, the actions go to the other side, and only
+:data:`LOST_CLOSE` says what each side is told when its partner vanishes.
 
 Rules:
 
-1. Messages are delivered once, in order, with their type.  A message whose payload stays under
-   ``stream_threshold`` is collected and sent as one frame (one frame in, one frame out: no
-   fragmentation overhead for the common small message).  A larger one is streamed: its first
-   ``stream_threshold`` bytes open a fragmented message on the destination and every further
-   chunk is sent as it arrives, so no whole large message is ever held.
-2. Until the destination leg is open (the upstream may speak right after its 101, before the
-   client has its own), events are queued in order and replayed when it opens.
-3. A close frame from one side is forwarded with its code and reason (RFC 6455 section 7.4; a close
-   without a code is forwarded without one).  Codes that must never be on the wire are not sent.
-4. A leg lost without a close frame closes the other: the upstream gets 1001 (the client went
-   away), the client gets 1011 (the upstream failed).  Never a half-open pair.
-5. ``idle_timeout``: no message in either direction for that long closes both legs with 1001.
+1. Every message is delivered once, in order, with its type (text stays text, binary stays binary).
+   A message that fits in ``chunk_size`` and arrives as one frame leaves as one frame
+   (:class:`SendMessage`).  Otherwise it is relayed frame by frame: each received frame is sent on
+   as soon as it is complete, and a frame larger than ``chunk_size`` is cut into several
+   (:class:`BeginMessage`, :class:`SendFrame`..., :class:`EndMessage`).  No more than
+   ``chunk_size`` bytes of a message are ever held.
+2. Actions for a side that is not open yet (the upstream may speak right after its 101, before
+   the client has its own) wait, in order, until :meth:`Relay.opened`.
+3. The closing handshake is end to end.  RFC 6455 section 5.5.1: "If an endpoint receives a Close
+   frame and did not previously send a Close frame, the endpoint MUST send a Close frame in
+   response."  When one side's peer closes, its code and reason go to the other side, and the
+   first side is answered only when the other side's peer answers (with that answer's code), so
+   messages still on their way to the closing peer reach it.  If the other side cannot answer
+   (it is gone, or already closing), the closing peer is answered at once with its own code.
+4. Codes that must never be on the wire (1005, 1006, 1015, RFC 6455 section 7.4.1) are not
+   forwarded: such a close is relayed without a code.
+5. A side lost without a close frame, or failed by wsrelay for a protocol error (its peer got
+   1002/1007/1009 from Autobahn), closes the other side with :data:`LOST_CLOSE` (1001 toward the
+   upstream: the client went away; 1011 toward the client: the upstream failed), or answers the
+   other side's pending close.  A side that never opened is aborted instead.  Never a half-open
+   pair.
+6. After a close was sent to a side, nothing more is sent to it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Iterable
+
+import attrs
 
 from wsrelay.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, close_code_sendable
 
 CLIENT = "client"
 UPSTREAM = "upstream"
+SIDES = (CLIENT, UPSTREAM)
+
+#: What a side is told when the other side is lost or failed, keyed by the side told.
+LOST_CLOSE: dict[str, tuple[int, str]] = {
+    UPSTREAM: (CLOSE_GOING_AWAY, "client went away"),
+    CLIENT: (CLOSE_INTERNAL_ERROR, "upstream connection lost"),
+}
+
+#: Default largest piece of a message held before it is sent on.
+CHUNK_SIZE = 65536
 
 
-class Leg(Protocol):
-    """What the relay needs from one side's WebSocket connection."""
-
-    side: str  # CLIENT or UPSTREAM
-
-    def relay_message(self, payload: bytes, binary: bool) -> None: ...
-    def relay_begin(self, binary: bool) -> None: ...
-    def relay_frame(self, payload: bytes) -> None: ...
-    def relay_end(self) -> None: ...
-    def relay_close(self, code: int | None, reason: str) -> None: ...
-    def relay_is_open(self) -> bool: ...
+def other(side: str) -> str:
+    """The side opposite ``side``."""
+    return UPSTREAM if side == CLIENT else CLIENT
 
 
-class _Direction:
-    """The state of messages flowing from one leg to the other."""
+@attrs.frozen
+class SendMessage:
+    """Send a whole message as one frame."""
 
-    __slots__ = ("binary", "chunks", "size", "streaming", "messages", "octets")
+    to: str
+    payload: bytes
+    binary: bool
 
-    def __init__(self) -> None:
-        self.binary = False
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.streaming = False
-        self.messages = 0
-        self.octets = 0
+
+@attrs.frozen
+class BeginMessage:
+    """Start a fragmented message (no frame is written until :class:`SendFrame`)."""
+
+    to: str
+    binary: bool
+
+
+@attrs.frozen
+class SendFrame:
+    """Send one non-final frame of the message begun (never empty)."""
+
+    to: str
+    payload: bytes
+
+
+@attrs.frozen
+class EndMessage:
+    """End the message begun (a final frame)."""
+
+    to: str
+
+
+@attrs.frozen
+class SendClose:
+    """Send a close frame; ``reply``: it answers the peer's own close (then the leg may drop TCP)."""
+
+    to: str
+    code: int | None
+    reason: str
+    reply: bool = False
+
+
+@attrs.frozen
+class Abort:
+    """Drop the side's connection without a close frame (it never opened)."""
+
+    to: str
+
+
+Action = SendMessage | BeginMessage | SendFrame | EndMessage | SendClose | Abort
+
+
+@attrs.define
+class Counters:
+    """Traffic of one side: received from its peer, and sent to it."""
+
+    messages_in: int = 0
+    octets_in: int = 0
+    messages_out: int = 0
+    octets_out: int = 0
+    close_in: int | None = None  # the code of the close frame its peer sent (None: no code, or none)
+    close_out: int | None = None  # the code of the close frame wsrelay sent it
+
+
+@attrs.define
+class _Side:
+    name: str
+    open: bool = False
+    gone: bool = False
+    close_sent: bool = False  # a close frame went (or is queued) to this side
+    peer_close: tuple[int | None, str] | None = None  # this side's peer closed; not answered yet
+    mute: bool = False  # its peer closed, or was failed: nothing more from it is relayed
+    queue: list[Action] = attrs.field(factory=list)
+    # the message this side's peer is sending
+    in_message: bool = False
+    discard: bool = False
+    binary: bool = False
+    pending: list[bytes] = attrs.field(factory=list)
+    pending_size: int = 0
+    begun: bool = False  # the message was begun toward the other side
+    size: int = 0
+    counters: Counters = attrs.field(factory=Counters)
 
 
 class Relay:
-    """Relays messages and closes between ``client`` and ``upstream`` legs."""
+    """The relay of one client WebSocket and its upstream WebSocket."""
 
-    def __init__(self, client: Leg, upstream: Leg, *, stream_threshold: int = 65536,
-                 on_message: Callable[[str, int], None] | None = None) -> None:
-        self.legs = {CLIENT: client, UPSTREAM: upstream}
-        self.directions = {CLIENT: _Direction(), UPSTREAM: _Direction()}  # keyed by source side
-        self.stream_threshold = stream_threshold
-        self.on_message = on_message
-        self.queued: dict[str, list[Callable[[], None]]] = {CLIENT: [], UPSTREAM: []}  # by destination
-        self.closed_sides: set[str] = set()
-        self.close_codes: dict[str, int | None] = {}
-        self.last_activity = 0.0
+    def __init__(self, *, chunk_size: int = CHUNK_SIZE) -> None:
+        self.chunk_size = chunk_size
+        self.sides = {name: _Side(name) for name in SIDES}
 
-    def _other(self, side: str) -> str:
-        return UPSTREAM if side == CLIENT else CLIENT
+    # -- state -----------------------------------------------------------------------------
 
-    def _to(self, side: str, action: Callable[[Leg], None]) -> None:
-        """Run ``action`` on the leg of ``side`` now, or when it opens."""
-        if side in self.closed_sides:
+    def counters(self, side: str) -> Counters:
+        """The traffic counters of ``side``."""
+        return self.sides[side].counters
+
+    @property
+    def finished(self) -> bool:
+        """Both sides are gone."""
+        return all(s.gone for s in self.sides.values())
+
+    def _emit(self, action: Action, out: list[Action]) -> None:
+        side = self.sides[action.to]
+        if side.gone:
             return
-        leg = self.legs[side]
-        if leg.relay_is_open() and not self.queued[side]:
-            action(leg)
-        else:
-            self.queued[side].append(lambda: action(leg))
-
-    def leg_opened(self, side: str) -> None:
-        """The leg of ``side`` completed its handshake: replay what waited for it."""
-        queued, self.queued[side] = self.queued[side], []
-        for action in queued:
-            action()
-
-    # -- messages --------------------------------------------------------------------------
-
-    def message_begin(self, source: str, binary: bool) -> None:
-        d = self.directions[source]
-        d.binary = binary
-        d.chunks = []
-        d.size = 0
-        d.streaming = False
-
-    def message_data(self, source: str, payload: bytes) -> None:
-        d = self.directions[source]
-        d.size += len(payload)
-        if d.streaming:
-            self._to(self._other(source), lambda leg: leg.relay_frame(payload))
+        if isinstance(action, Abort):
+            side.queue.clear()
+            side.gone = True
+            out.append(action)
             return
-        d.chunks.append(payload)
-        if d.size > self.stream_threshold:
-            first, binary = b"".join(d.chunks), d.binary
-            d.chunks = []
-            d.streaming = True
-
-            def open_stream(leg: Leg) -> None:
-                leg.relay_begin(binary)
-                leg.relay_frame(first)
-
-            self._to(self._other(source), open_stream)
-
-    def message_end(self, source: str) -> None:
-        d = self.directions[source]
-        d.messages += 1
-        d.octets += d.size
-        if d.streaming:
-            self._to(self._other(source), lambda leg: leg.relay_end())
+        if side.close_sent:
+            return  # rule 6
+        c = side.counters
+        if isinstance(action, SendClose):
+            side.close_sent = True
+            side.peer_close = None
+            c.close_out = action.code
+        elif isinstance(action, SendMessage):
+            c.messages_out += 1
+            c.octets_out += len(action.payload)
+        elif isinstance(action, SendFrame):
+            c.octets_out += len(action.payload)
+        elif isinstance(action, EndMessage):
+            c.messages_out += 1
+        if side.open:
+            out.append(action)
         else:
-            payload, binary = b"".join(d.chunks), d.binary
-            self._to(self._other(source), lambda leg: leg.relay_message(payload, binary))
-        d.chunks = []
-        d.streaming = False
-        if self.on_message is not None:
-            self.on_message(source, d.size)
+            side.queue.append(action)
 
-    # -- closing ---------------------------------------------------------------------------
+    def _answer(self, side: _Side, code: int | None, reason: str, out: list[Action]) -> None:
+        """Answer the pending close of ``side``'s peer."""
+        if not close_code_sendable(code):
+            code, reason = None, ""
+        self._emit(SendClose(side.name, code, reason if code is not None else "", reply=True), out)
 
-    def close_received(self, source: str, code: int | None, reason: str) -> None:
-        """``source``'s peer sent a close frame: forward it (its own leg answers it)."""
-        self.close_codes[source] = code
+    def _echo(self, side: _Side, out: list[Action]) -> None:
+        assert side.peer_close is not None
+        code, reason = side.peer_close
+        self._answer(side, code, reason, out)
+
+    def _partner_ended(self, dest: _Side, out: list[Action]) -> None:
+        """``dest``'s partner is lost or failed: end ``dest`` too (rule 5)."""
+        if dest.gone:
+            return
+        if not dest.open:
+            self._emit(Abort(dest.name), out)
+        elif dest.peer_close is not None:
+            self._echo(dest, out)
+        else:
+            code, reason = LOST_CLOSE[dest.name]
+            self._emit(SendClose(dest.name, code, reason), out)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def opened(self, side: str) -> list[Action]:
+        """``side`` completed its opening handshake: what waited for it goes now."""
+        s = self.sides[side]
+        if s.gone:
+            return []
+        s.open = True
+        out, s.queue = s.queue, []
+        return out
+
+    def message_begin(self, source: str, binary: bool) -> list[Action]:
+        """``source``'s peer starts a message."""
+        s = self.sides[source]
+        s.in_message = True
+        s.discard = s.mute or s.gone
+        s.binary = binary
+        s.pending, s.pending_size, s.begun, s.size = [], 0, False, 0
+        return []
+
+    def frame_data(self, source: str, payload: bytes) -> list[Action]:
+        """Payload of the current frame (already unmasked and inflated)."""
+        s = self.sides[source]
+        out: list[Action] = []
+        if not s.in_message or s.discard or not payload:
+            return out
+        s.size += len(payload)
+        s.pending.append(payload)
+        s.pending_size += len(payload)
+        if s.pending_size >= self.chunk_size:
+            self._flush(s, out)
+        return out
+
+    def frame_end(self, source: str) -> list[Action]:
+        """A non-final frame of the current message is complete: send on what it carried."""
+        s = self.sides[source]
+        out: list[Action] = []
+        if s.in_message and not s.discard:
+            self._flush(s, out)
+        return out
+
+    def message_end(self, source: str) -> list[Action]:
+        """``source``'s peer completed its message (the final frame was valid)."""
+        s = self.sides[source]
+        out: list[Action] = []
+        if not s.in_message:
+            return out
+        s.in_message = False
+        if s.discard:
+            return out
+        s.counters.messages_in += 1
+        s.counters.octets_in += s.size
+        dest = other(source)
+        if s.begun:
+            self._flush(s, out)
+            self._emit(EndMessage(dest), out)
+        else:
+            self._emit(SendMessage(dest, b"".join(s.pending), s.binary), out)
+        s.pending, s.pending_size, s.begun = [], 0, False
+        return out
+
+    def _flush(self, s: _Side, out: list[Action]) -> None:
+        if not s.pending_size:
+            return
+        dest = other(s.name)
+        if not s.begun:
+            s.begun = True
+            self._emit(BeginMessage(dest, s.binary), out)
+        self._emit(SendFrame(dest, b"".join(s.pending)), out)
+        s.pending, s.pending_size = [], 0
+
+    def close_received(self, source: str, code: int | None, reason: str) -> list[Action]:
+        """``source``'s peer sent a (valid) close frame."""
+        s = self.sides[source]
+        d = self.sides[other(source)]
+        out: list[Action] = []
+        s.counters.close_in = code
+        s.mute = True
+        self._drop_message(s)
+        if s.close_sent:
+            # The answer to a close wsrelay sent: if that close was forwarded from the other
+            # side's peer, this answer is the other side's answer (rule 3).
+            if d.peer_close is not None:
+                self._answer(d, code, reason, out)
+            return out
+        s.peer_close = (code, reason)
+        if d.gone or d.close_sent:
+            self._echo(s, out)  # nobody to ask: answer with the peer's own code
+            return out
         forward = code if close_code_sendable(code) else None
-        self._to(self._other(source), lambda leg: leg.relay_close(forward, reason if forward else ""))
+        self._emit(SendClose(d.name, forward, reason if forward is not None else ""), out)
+        return out
 
-    def leg_closed(self, source: str, clean: bool) -> None:
-        """``source``'s connection is gone; close the other leg if it is still up."""
-        self.closed_sides.add(source)
-        self.queued[source] = []
-        other = self._other(source)
-        if other in self.closed_sides:
-            return
-        if source in self.close_codes:
-            return  # its close frame was already forwarded
-        code, reason = ((CLOSE_GOING_AWAY, "client went away") if source == CLIENT
-                        else (CLOSE_INTERNAL_ERROR, "upstream connection lost"))
-        self._to(other, lambda leg: leg.relay_close(code, reason))
-        if not self.legs[other].relay_is_open():
-            # The other leg never opened: nothing to close politely; its owner aborts it.
-            self.queued[other] = []
+    def failed(self, source: str, code: int) -> list[Action]:
+        """wsrelay failed ``source`` (a protocol error of its peer; Autobahn sent ``code``)."""
+        s = self.sides[source]
+        out: list[Action] = []
+        s.mute = True
+        self._drop_message(s)
+        if not s.close_sent:
+            s.close_sent = True
+            s.peer_close = None
+            s.counters.close_out = code
+        self._partner_ended(self.sides[other(source)], out)
+        return out
 
-    def close_both(self, code: int, reason: str) -> None:
-        """wsrelay ends the pair itself (idle timeout, shutdown)."""
-        for side in (CLIENT, UPSTREAM):
-            self._to(side, lambda leg: leg.relay_close(code, reason))
+    def lost(self, source: str) -> list[Action]:
+        """``source``'s connection is gone (cleanly after a close, or not)."""
+        s = self.sides[source]
+        out: list[Action] = []
+        if s.gone:
+            return out
+        s.gone = True
+        s.queue.clear()
+        self._drop_message(s)
+        self._partner_ended(self.sides[other(source)], out)
+        return out
 
-    def stats(self) -> dict[str, Any]:
-        return {side: {"messages": d.messages, "octets": d.octets} for side, d in self.directions.items()}
+    def close_both(self, code: int, reason: str) -> list[Action]:
+        """wsrelay ends the pair itself (idle timeout, shutdown): each side gets ``code``."""
+        out: list[Action] = []
+        for s in self.sides.values():
+            if s.gone:
+                continue
+            if not s.open:
+                self._emit(Abort(s.name), out)
+            elif s.peer_close is not None:
+                self._echo(s, out)
+            else:
+                self._emit(SendClose(s.name, code, reason), out)
+        return out
+
+    def _drop_message(self, s: _Side) -> None:
+        """A message cut short by a close: the other side is closing too, so it is not ended."""
+        if s.in_message:
+            s.discard = True
+            s.pending, s.pending_size = [], 0
+
+
+def run(relay: Relay, events: Iterable[tuple[str, tuple[object, ...]]]) -> list[Action]:
+    """Feed ``(method name, args)`` events to ``relay``; all the actions, in order (for tests)."""
+    out: list[Action] = []
+    for name, args in events:
+        out.extend(getattr(relay, name)(*args))
+    return out

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from typing import Any
 
@@ -41,8 +42,10 @@ from autobahn.websocket.compress import (
     PerMessageDeflateResponse,
     PerMessageDeflateResponseAccept,
 )
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.protocol import WebSocketProtocol, _url_to_origin
 from autobahn.websocket.types import ConnectingRequest
+from autobahn.websocket.utf8validator import Utf8Validator
+from twisted.internet import defer
 from twisted.internet import error as neterror
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -63,12 +66,29 @@ from wsrelay.errors import (
     Forbidden,
     GatewayTimeout,
     ProxyError,
+    ServiceUnavailable,
     UpgradeRequired,
 )
 from wsrelay.metrics import WebSocketMetrics
-from wsrelay.relay import CLIENT, UPSTREAM, Relay
+from wsrelay.relay import (
+    CLIENT,
+    UPSTREAM,
+    Abort,
+    Action,
+    BeginMessage,
+    EndMessage,
+    Relay,
+    SendClose,
+    SendFrame,
+    SendMessage,
+)
 
 log = Logger()
+
+#: Seconds a peer gets to answer a close frame before its connection is dropped.
+CLOSE_HANDSHAKE_TIMEOUT = 5.0
+
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 #: Handshake fields each hop negotiates itself; never copied from one hop to the other.
 HANDSHAKE_FIELDS = frozenset({
@@ -78,11 +98,16 @@ HANDSHAKE_FIELDS = frozenset({
 
 
 def check_handshake(request: Request, route: Route, raw: list[tuple[bytes, bytes]]) -> list[bytes]:
-    """Validate the client's opening handshake (RFC 6455 section 4.2.1); return its subprotocols."""
+    """Validate the client's opening handshake (RFC 6455 section 4.2.1); return its subprotocols.
+
+    Everything Autobahn would refuse later is refused here, before an upstream is contacted.
+    """
     if not route.websocket.enabled:
         raise Forbidden(f"WebSocket is off on route {route.name}")
     if request.method != b"GET" or request.clientproto != b"HTTP/1.1":
         raise BadRequest("a WebSocket handshake must be GET over HTTP/1.1")
+    if b"#" in request.uri:
+        raise BadRequest("a WebSocket URI has no fragment (RFC 6455 section 3)")
     versions = H.get(raw, b"sec-websocket-version")
     if [v.strip() for v in versions] != [b"13"]:
         raise UpgradeRequired(f"unsupported Sec-WebSocket-Version {versions!r}",
@@ -94,12 +119,24 @@ def check_handshake(request: Request, route: Route, raw: list[tuple[bytes, bytes
         valid_key = False
     if not valid_key:
         raise BadRequest("missing or invalid Sec-WebSocket-Key")
+    origins = H.get(raw, b"origin")
+    if len(origins) > 1:
+        raise BadRequest("more than one Origin header")
+    if origins:
+        try:
+            _url_to_origin(origins[0].strip().decode("latin-1"))
+        except ValueError:
+            raise BadRequest(f"invalid Origin {origins[0][:100]!r}") from None
     allowed = route.websocket.allowed_origins
     if allowed != ("*",):
-        origins = H.get(raw, b"origin")
-        if len(origins) != 1 or origins[0].strip().lower().decode("latin-1") not in allowed:
+        if not origins or origins[0].strip().lower().decode("latin-1") not in allowed:
             raise Forbidden(f"Origin {origins[:1]!r} is not allowed on route {route.name}")
-    return [p.strip() for v in H.get(raw, b"sec-websocket-protocol") for p in v.split(b",") if p.strip()]
+    protocols = [p.strip() for v in H.get(raw, b"sec-websocket-protocol") for p in v.split(b",") if p.strip()]
+    if len(set(protocols)) != len(protocols):
+        raise BadRequest("a subprotocol is offered twice")
+    if any(not _TOKEN.match(p) for p in protocols):
+        raise BadRequest("invalid subprotocol token")
+    return protocols
 
 
 def _accept_deflate(offers: list[Any]) -> Any:
@@ -123,91 +160,139 @@ def _reason_text(reason: Failure | BaseException | str) -> str:
 
 @implementer(IPushProducer)
 class _Pauser:
-    """Registered as a transport's producer: pauses and resumes the other leg's reading.
+    """Registered as one transport's producer: pauses and resumes reading from the other leg.
 
     ``stopProducing`` does nothing on purpose: when one transport dies, the relay closes the other
     leg with a close frame instead of the bare TCP close Twisted would otherwise do.
     """
 
-    def __init__(self, transport: Any) -> None:
-        self.transport = transport
+    def __init__(self, leg: _Leg) -> None:
+        self.leg = leg
 
     def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
+        self.leg.read_paused = True
+        if self.leg.transport is not None:
+            self.leg.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
+        self.leg.read_paused = False
+        if self.leg.transport is not None:
+            self.leg.transport.resumeProducing()
 
     def stopProducing(self) -> None:
         pass
 
 
 class _Leg:
-    """Mixin for both legs: streams frames into the relay, and implements relay.Leg."""
+    """Mixin for both legs: feeds Autobahn's frame-level events to the relay, performs its actions.
+
+    Autobahn's own message buffering is bypassed (``onMessageFrameData`` does not call the base),
+    but its checks stay: frame and message size limits (``onMessageFrameBegin``), UTF-8 and
+    inflation checks, close-frame validation.  A close frame from the peer is not answered by
+    Autobahn: the relay answers it once the other side has (relay rule 3).
+    """
 
     side: str
     pair: _Pair | None = None
-    opened = False
+    read_paused = False  # the other leg's transport is full: wsrelay stopped reading this one
+    _in_size = 0
 
     # -- receiving (Autobahn callbacks) ------------------------------------------------------
 
     def onMessageBegin(self, isBinary: bool) -> None:
         super().onMessageBegin(isBinary)  # type: ignore[misc]
+        self._in_size = 0
         if self.pair is not None:
-            self.pair.relay.message_begin(self.side, isBinary)
+            self.pair.feed(self.pair.relay.message_begin(self.side, isBinary))
 
     def onMessageFrameData(self, payload: bytes) -> None:
-        # Not calling super: it would collect the whole message.
-        if self.pair is not None:
-            self.pair.relay.message_data(self.side, payload)
+        # Not calling the base class: it would keep the whole message.
+        if self.pair is not None and not self.failedByMe:  # type: ignore[attr-defined]
+            self._in_size += len(payload)
+            self.pair.feed(self.pair.relay.frame_data(self.side, payload))
 
     def onMessageFrameEnd(self) -> None:
-        pass
+        self.frame_data = None
+        frame = self.current_frame  # type: ignore[attr-defined]
+        if self.pair is not None and not self.failedByMe and frame is not None and not frame.fin:  # type: ignore[attr-defined]
+            self.pair.feed(self.pair.relay.frame_end(self.side))
 
     def onMessageEnd(self) -> None:
         self.message_data = None
         if self.pair is not None and not self.failedByMe:  # type: ignore[attr-defined]
-            self.pair.relay.message_end(self.side)
+            self.pair.message_ended(self.side, self._in_size)
 
     def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> Any:
-        failed = super().onCloseFrame(code, reasonRaw)  # type: ignore[misc]
-        # A close frame Autobahn rejected (reserved code, invalid UTF-8 reason) is not forwarded:
-        # this leg is failed with 1002/1007 and the other leg is closed as for a lost leg.
-        if self.pair is not None and not failed:
-            self.pair.relay.close_received(self.side, self.remoteCloseCode,  # type: ignore[attr-defined]
-                                           self.remoteCloseReason or "")  # type: ignore[attr-defined]
-        return failed
+        pair = self.pair
+        if pair is None or self.state != WebSocketProtocol.STATE_OPEN:  # type: ignore[attr-defined]
+            # An answer to a close wsrelay sent (or a closing handshake Autobahn runs alone).
+            answer = self.state == WebSocketProtocol.STATE_CLOSING and not self.failedByMe  # type: ignore[attr-defined]
+            failed = super().onCloseFrame(code, reasonRaw)  # type: ignore[misc]
+            if pair is not None and answer and not failed and not self.failedByMe:  # type: ignore[attr-defined]
+                pair.close_received(self.side, self.remoteCloseCode, self.remoteCloseReason or "")  # type: ignore[attr-defined]
+            return failed
+        # The peer starts the closing handshake.  An invalid code or reason is Autobahn's to
+        # refuse (1002/1007, seen by the relay as a failure); a valid one is forwarded and
+        # answered later.
+        if code is not None and (code < 1000 or code >= 5000 or (
+                code <= 2999 and code not in WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED)):
+            return super().onCloseFrame(code, reasonRaw)  # type: ignore[misc]
+        reason = ""
+        if reasonRaw is not None:
+            valid, ended, _, _ = Utf8Validator().validate(reasonRaw)
+            if not (valid and ended):
+                return super().onCloseFrame(code, reasonRaw)  # type: ignore[misc]
+            reason = reasonRaw.decode("utf-8")
+        self.remoteCloseCode, self.remoteCloseReason = code, reason or None
+        self.wasClean = True
+        pair.close_received(self.side, code, reason)
+        return None
+
+    def _fail_connection(self, code: int = CLOSE_GOING_AWAY, reason: str = "going away") -> None:
+        first = self.state != WebSocketProtocol.STATE_CLOSED and not self.failedByMe  # type: ignore[attr-defined]
+        super()._fail_connection(code, reason)  # type: ignore[misc]
+        if first and self.pair is not None:
+            self.pair.failed(self.side, code)
+
+    def onAutoPingTimeout(self) -> None:
+        if self.read_paused:
+            # wsrelay itself stopped reading this peer (the other side is slow): its pong may be
+            # waiting unread.  Not a dead peer; check again later.
+            self.autoPingTimeoutCall = txaio.call_later(self.autoPingTimeout, self.onAutoPingTimeout)  # type: ignore[attr-defined]
+            return
+        super().onAutoPingTimeout()  # type: ignore[misc]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.pair is not None:
-            self.pair.leg_closed(self, wasClean, code, reason)
+            self.pair.leg_closed(self, wasClean, reason)
 
-    # -- sending (relay.Leg) ----------------------------------------------------------------
+    # -- sending (the relay's actions) ------------------------------------------------------
 
-    def relay_is_open(self) -> bool:
-        return self.opened
-
-    def relay_message(self, payload: bytes, binary: bool) -> None:
-        if self.state == WebSocketProtocol.STATE_OPEN:  # type: ignore[attr-defined]
-            self.sendMessage(payload, binary)  # type: ignore[attr-defined]
-
-    def relay_begin(self, binary: bool) -> None:
-        if self.state == WebSocketProtocol.STATE_OPEN:  # type: ignore[attr-defined]
-            self.beginMessage(binary)  # type: ignore[attr-defined]
-
-    def relay_frame(self, payload: bytes) -> None:
-        if self.state == WebSocketProtocol.STATE_OPEN:  # type: ignore[attr-defined]
-            self.sendMessageFrame(payload)  # type: ignore[attr-defined]
-
-    def relay_end(self) -> None:
-        if self.state == WebSocketProtocol.STATE_OPEN:  # type: ignore[attr-defined]
+    def perform(self, action: Action) -> None:
+        if isinstance(action, Abort):
+            self.pair = None
+            if self.transport is not None:  # type: ignore[attr-defined]
+                self.dropConnection(abort=True)  # type: ignore[attr-defined]
+            return
+        if self.state != WebSocketProtocol.STATE_OPEN:  # type: ignore[attr-defined]
+            return
+        if isinstance(action, SendMessage):
+            self.sendMessage(action.payload, action.binary)  # type: ignore[attr-defined]
+        elif isinstance(action, BeginMessage):
+            self.beginMessage(action.binary)  # type: ignore[attr-defined]
+        elif isinstance(action, SendFrame):
+            self.sendMessageFrame(action.payload)  # type: ignore[attr-defined]
+        elif isinstance(action, EndMessage):
             self.endMessage()  # type: ignore[attr-defined]
+        elif isinstance(action, SendClose):
+            reason = encode_truncate(action.reason, 123) if action.code is not None and action.reason else None
+            self.sendCloseFrame(action.code, reason, isReply=action.reply)  # type: ignore[attr-defined]
+            if action.reply:
+                self.answered_close()
 
-    def relay_close(self, code: int | None, reason: str) -> None:
-        if self.state == WebSocketProtocol.STATE_OPEN:  # type: ignore[attr-defined]
-            self.sendCloseFrame(code, encode_truncate(reason, 123) if code is not None and reason else None)  # type: ignore[attr-defined]
-        elif self.state in (WebSocketProtocol.STATE_CONNECTING,):  # type: ignore[attr-defined]
-            self.dropConnection(abort=True)  # type: ignore[attr-defined]
+    def answered_close(self) -> None:
+        """wsrelay answered the peer's close: end the TCP connection as Autobahn would have."""
+        raise NotImplementedError
 
 
 class ClientLeg(_Leg, WebSocketServerProtocol):
@@ -220,9 +305,12 @@ class ClientLeg(_Leg, WebSocketServerProtocol):
         return self.pair.client_accept()
 
     def onOpen(self) -> None:
-        self.opened = True
         if self.pair is not None:
             self.pair.client_opened()
+
+    def answered_close(self) -> None:
+        # RFC 6455 section 7.1.1: the server closes the TCP connection first.
+        self.dropConnection(abort=False)
 
 
 class UpstreamLeg(_Leg, WebSocketClientProtocol):
@@ -235,14 +323,14 @@ class UpstreamLeg(_Leg, WebSocketClientProtocol):
         assert self.pair is not None
         pair = self.pair
         server = pair.lease.server
-        return ConnectingRequest(host=server.host, port=server.port, resource=pair.request.uri.decode("latin-1"),
+        return ConnectingRequest(host=server.host, port=server.port, resource="/",
                                  headers={}, useragent=None, origin=None,
                                  protocols=[p.decode("latin-1") for p in pair.protocols])
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         if not self._handshake_sent and self.pair is not None:
-            # Autobahn's handshake bytes: keep its own WebSocket lines, put our Host and the
-            # client's header lines (repeated lines intact) in place of what it would write.
+            # Autobahn's handshake bytes: keep its own WebSocket lines, put the client's target,
+            # our Host and the client's header lines (repeated lines intact) in place of the rest.
             self._handshake_sent = True
             data = self.pair.rewrite_handshake(data)
         super().sendData(data, sync, chopsize)
@@ -252,14 +340,21 @@ class UpstreamLeg(_Leg, WebSocketClientProtocol):
             self.pair.upstream_response = response
 
     def onOpen(self) -> None:
-        self.opened = True
         if self.pair is not None:
             self.pair.upstream_opened(self)
+        else:
+            self.dropConnection(abort=True)
 
     def failHandshake(self, reason: str) -> None:
         if self.pair is not None:
             self.pair.upstream_refused(self, reason)
         super().failHandshake(reason)
+
+    def answered_close(self) -> None:
+        # RFC 6455 section 7.1.1: the client waits for the server to close TCP, for a while.
+        if self.serverConnectionDropTimeout > 0:  # type: ignore[attr-defined]
+            self.serverConnectionDropTimeoutCall = txaio.call_later(
+                self.serverConnectionDropTimeout, self.onServerConnectionDropTimeout)  # type: ignore[attr-defined]
 
 
 class _UpstreamFactory:
@@ -278,6 +373,7 @@ class _UpstreamFactory:
         proto = UpstreamLeg()
         proto.factory = self
         proto.pair = self.pair
+        self.pair.upstream_leg = proto
         return proto
 
 
@@ -288,6 +384,7 @@ class _Pair:
                  raw: list[tuple[bytes, bytes]], protocols: list[bytes]) -> None:
         self.gw = gw
         self.reactor = gw.gateway.reactor
+        self.metrics = gw.metrics
         self.request = request
         self.route = route
         self.upstream = upstream
@@ -300,15 +397,17 @@ class _Pair:
         self.connecting: Any = None
         self.upstream_leg: UpstreamLeg | None = None
         self.client_leg: ClientLeg | None = None
+        self.legs: dict[str, _Leg] = {}
         self.upstream_response: Any = None
-        self.relay = Relay(self, self, on_message=self._on_message)  # legs replaced below
+        self.relay = Relay()
         self.timer: Any = None
         self.idle_timer: Any = None
+        self.last_activity = 0.0
         self.started = time.monotonic()
-        self.answered = False
+        self.answered = False  # the client has its answer: an HTTP refusal, or the takeover
+        self.opened = False
         self.ended = False
         self.closed_legs: set[str] = set()
-        self.client_bytes = 0
 
     # -- handshake -------------------------------------------------------------------------
 
@@ -335,7 +434,8 @@ class _Pair:
 
     def connect_failed(self, reason: Failure) -> None:
         self.connecting = None
-        if self.answered:
+        self.upstream_leg = None
+        if self.answered or reason.check(defer.CancelledError):
             return
         self.lease.failure("connect error")
         self.lease.release()
@@ -351,44 +451,48 @@ class _Pair:
 
     def rewrite_handshake(self, data: bytes) -> bytes:
         head, _, rest = data.partition(b"\r\n\r\n")
-        request_line, *lines = head.split(b"\r\n")
+        _, *lines = head.split(b"\r\n")
         server = self.lease.server
         ours = H.request_to_upstream(self.raw, client_ip=self.client_ip, scheme=self.scheme,
                                      host_header=self.route.host_header, upstream_hostport=server.hostport,
-                                     drop=HANDSHAKE_FIELDS | {b"cookie2"})
+                                     drop=HANDSHAKE_FIELDS)
         keep = [line for line in lines if line.split(b":", 1)[0].strip().lower() not in
                 {b"host", b"pragma", b"cache-control"}]
         passed = [name + b": " + value for name, value in ours]
         for name in (b"origin", b"user-agent"):
             passed += [name.title() + b": " + v for v in H.get(self.raw, name)]
+        request_line = b"GET " + self.request.uri + b" HTTP/1.1"  # the client's target, byte for byte
         return b"\r\n".join([request_line, *passed, *keep]) + b"\r\n\r\n" + rest
 
     def upstream_refused(self, leg: UpstreamLeg, reason: str) -> None:
         status_line = getattr(leg, "http_status_line", "") or ""
         parts = status_line.split(" ", 2)
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 502
-        if status == 101:
-            status = 502  # a 101 that failed our checks (bad accept, unoffered subprotocol)
-        if self.lease is not None:
-            if status >= 500 and status in self.upstream.fail_statuses:
-                self.lease.failure(f"status {status}")
+        if self.lease is not None and status >= 500 and status in self.upstream.fail_statuses:
+            self.lease.failure(f"status {status}")
         error: ProxyError
-        if status < 400:
+        if not 400 <= status <= 599:
+            # a 101 that failed our checks (bad accept, unoffered subprotocol), or a redirect
             error = BadGateway(f"upstream answered the WebSocket handshake with {status_line!r}: {reason}")
         else:
             error = ProxyError(f"upstream refused the WebSocket handshake: {status_line!r}")
             error.status = status
-            error.reason = (parts[2] if len(parts) > 2 else "Refused")[:60]
-        log.warn("route {route} upstream {upstream} server {server}: WebSocket handshake refused: {detail}",
+            error.reason = (parts[2] if len(parts) > 2 else "Refused")[:60].encode("ascii", "replace").decode()
+        log.info("route {route} upstream {upstream} server {server}: WebSocket handshake refused: {detail}",
                  route=self.route.name, upstream=self.upstream.name, server=self.tried[-1], detail=reason)
+        leg.pair = None
+        self.upstream_leg = None
         self.refuse(error)
 
     def upstream_opened(self, leg: UpstreamLeg) -> None:
-        if self.answered:  # the client left, or we already answered: end this leg politely
-            leg.sendCloseFrame(CLOSE_GOING_AWAY, b"client went away")
+        if self.answered:  # the client left, or was answered: end this leg
+            leg.pair = None
+            leg.dropConnection(abort=True)
             return
         self.lease.success()
         self.upstream_leg = leg
+        self.legs[UPSTREAM] = leg
+        self.feed(self.relay.opened(UPSTREAM))
         self.take_over()
 
     def client_accept(self) -> Any:
@@ -400,7 +504,8 @@ class _Pair:
         for line in raw.split(b"\r\n")[1:]:
             name, sep, value = line.partition(b":")
             key = name.strip().lower()
-            if not sep or key in H.HOP_BY_HOP or key.startswith(b"sec-websocket-") or key in {b"date", b"server"}:
+            if (not sep or key in H.HOP_BY_HOP or key.startswith(b"sec-websocket-")
+                    or key in {b"date", b"server", b"content-length"}):
                 continue
             extra.setdefault(name.strip().decode("latin-1"), []).append(value.strip().decode("latin-1"))
         cookie = self.lease.set_cookie() if self.lease is not None else None
@@ -412,8 +517,9 @@ class _Pair:
         """Hand the client's connection from twisted.web to the client leg."""
         request = self.request
         channel = request.channel
-        transport = channel.transport
-        if transport is None or not transport.connected:
+        transport = channel.transport if channel is not None else None
+        if (transport is None or not getattr(transport, "connected", True)
+                or getattr(transport, "disconnecting", False)):
             self.client_left_early()
             return
         self.answered = True
@@ -422,7 +528,7 @@ class _Pair:
         leg = self.gw.server_factory(self.route).buildProtocol(transport.getPeer())
         leg.pair = self
         self.client_leg = leg
-        self.relay = Relay(leg, self.upstream_leg, on_message=self._on_message)  # type: ignore[arg-type]
+        self.legs[CLIENT] = leg
         pending = b"".join(channel._dataBuffer)
         channel._dataBuffer = []
         channel.transport = None
@@ -436,44 +542,68 @@ class _Pair:
         leg.makeConnection(transport)
         transport.resumeProducing()
         head = [request.method + b" " + request.uri + b" HTTP/1.1"]
-        head += [name + b": " + value for name, value in self.raw]
+        extensions = [v for n, v in self.raw if n.lower() == b"sec-websocket-extensions"]
+        head += [name + b": " + value for name, value in self.raw if name.lower() != b"sec-websocket-extensions"]
+        if extensions:  # Autobahn refuses repeated lines; RFC 6455 section 9.1 allows them
+            head.append(b"Sec-WebSocket-Extensions: " + b", ".join(extensions))
         leg.dataReceived(b"\r\n".join(head) + b"\r\n\r\n" + pending)
 
     def client_opened(self) -> None:
         client, upstream = self.client_leg, self.upstream_leg
         assert client is not None and upstream is not None
-        client.transport.registerProducer(_Pauser(upstream.transport), True)
-        upstream.transport.registerProducer(_Pauser(client.transport), True)
-        self.relay.leg_opened(CLIENT)
-        self.relay.leg_opened(UPSTREAM)
+        self.opened = True
+        self.metrics.opened(self.route.name)
+        if upstream.transport is not None:
+            client.transport.registerProducer(_Pauser(upstream), True)
+            upstream.transport.registerProducer(_Pauser(client), True)
+        self.last_activity = self.reactor.seconds()
         if self.route.websocket.idle_timeout:
             self.idle_timer = self.reactor.callLater(self.route.websocket.idle_timeout, self.check_idle)
-        self.gw.metrics.opened(self.route.name)
+        self.feed(self.relay.opened(CLIENT))
 
-    def _on_message(self, source: str, size: int) -> None:
-        self.relay.last_activity = self.reactor.seconds()
-        self.gw.metrics.message(self.route.name, source, size)
-        if source == UPSTREAM:
-            self.client_bytes += size
+    # -- relaying --------------------------------------------------------------------------
+
+    def feed(self, actions: list[Action]) -> None:
+        """Perform the relay's actions, in order."""
+        for action in actions:
+            leg = self.legs.get(action.to)
+            if isinstance(action, SendMessage):
+                self.metrics.sent(self.route.name, action.to, len(action.payload), message=True)
+            elif isinstance(action, SendFrame):
+                self.metrics.sent(self.route.name, action.to, len(action.payload))
+            elif isinstance(action, EndMessage):
+                self.metrics.sent(self.route.name, action.to, 0, message=True)
+            elif isinstance(action, SendClose):
+                self.metrics.close_out(self.route.name, action.to, action.code)
+            if leg is not None:
+                leg.perform(action)
+            elif isinstance(action, Abort) and action.to == UPSTREAM:
+                self.abort_upstream()
+
+    def message_ended(self, side: str, size: int) -> None:
+        self.last_activity = self.reactor.seconds()
+        self.metrics.received(self.route.name, side, size)
+        self.feed(self.relay.message_end(side))
+
+    def close_received(self, side: str, code: int | None, reason: str) -> None:
+        self.metrics.close_in(self.route.name, side, code)
+        self.feed(self.relay.close_received(side, code, reason))
+
+    def failed(self, side: str, code: int) -> None:
+        log.info("route {route}: {side} failed with close code {code}", route=self.route.name, side=side, code=code)
+        self.metrics.close_out(self.route.name, side, code)
+        self.feed(self.relay.failed(side, code))
 
     def check_idle(self) -> None:
         idle = self.route.websocket.idle_timeout
         assert idle is not None
-        quiet = self.reactor.seconds() - max(self.relay.last_activity, 0.0)
-        if self.relay.last_activity and quiet < idle:
+        quiet = self.reactor.seconds() - self.last_activity
+        if quiet < idle:
             self.idle_timer = self.reactor.callLater(idle - quiet, self.check_idle)
-            return
-        if not self.relay.last_activity and self.reactor.seconds() - self._opened_at() < idle:
-            self.idle_timer = self.reactor.callLater(idle, self.check_idle)
             return
         self.idle_timer = None
         log.info("route {route}: WebSocket idle for {idle}s, closing both sides", route=self.route.name, idle=idle)
-        self.relay.close_both(CLOSE_GOING_AWAY, "idle timeout")
-
-    def _opened_at(self) -> float:
-        if not hasattr(self, "_opened"):
-            self._opened = self.reactor.seconds()
-        return self._opened
+        self.feed(self.relay.close_both(CLOSE_GOING_AWAY, "idle timeout"))
 
     # -- endings ---------------------------------------------------------------------------
 
@@ -490,14 +620,14 @@ class _Pair:
         self.timer = None
 
     def abort_upstream(self) -> None:
+        """No upstream connection may outlive a client that never got its 101."""
         if self.connecting is not None and not self.connecting.called:
             self.connecting.cancel()
-        leg = self.upstream_leg or None
-        if leg is None and self.connecting is not None and self.connecting.called:
-            leg = getattr(self.connecting, "result", None)
-        if leg is not None and getattr(leg, "transport", None) is not None:
+        leg, self.upstream_leg = self.upstream_leg, None
+        if leg is not None:
             leg.pair = None
-            leg.transport.abortConnection()
+            if leg.transport is not None:
+                leg.transport.abortConnection()
 
     def refuse(self, error: ProxyError) -> None:
         """Answer the client over HTTP (no WebSocket) and end."""
@@ -510,7 +640,7 @@ class _Pair:
                      upstream=self.upstream.name, detail=error.detail)
         self.abort_upstream()
         request = self.request
-        if request.channel is not None and not request.finished:
+        if request.channel is not None and not request.finished and not request._disconnected:
             request.write(answer_error(request, error))
             request.finish()
         self.end()
@@ -524,24 +654,22 @@ class _Pair:
         self.abort_upstream()
         self.end()
 
-    def leg_closed(self, leg: _Leg, clean: bool, code: int | None, reason: str | None) -> None:
+    def leg_closed(self, leg: _Leg, clean: bool, reason: str | None) -> None:
         side = leg.side
         if side in self.closed_legs:
             return
         self.closed_legs.add(side)
         if side == UPSTREAM and self.client_leg is None:
             # Before the client's 101: the upstream went away during or right after its handshake.
+            self.upstream_leg = None
             if not self.answered:
                 self.refuse(BadGateway(f"upstream closed during the handshake: {reason}"))
             return
         if not clean:
-            log.info("route {route}: {side} leg lost ({reason})", route=self.route.name, side=side, reason=reason)
-        self.gw.metrics.closed(self.route.name, side, self.relay.close_codes.get(side))
-        self.relay.leg_closed(side, clean)
-        other = self.upstream_leg if side == CLIENT else self.client_leg
-        if other is not None and other.state == WebSocketProtocol.STATE_CONNECTING:
-            other.dropConnection(abort=True)
-        if {CLIENT, UPSTREAM} <= self.closed_legs:
+            log.info("route {route}: {side} connection lost ({reason})", route=self.route.name, side=side,
+                     reason=reason)
+        self.feed(self.relay.lost(side))
+        if self.relay.finished or {CLIENT, UPSTREAM} <= self.closed_legs:
             self.end()
 
     def end(self) -> None:
@@ -550,26 +678,28 @@ class _Pair:
         self.ended = True
         if self.idle_timer is not None and self.idle_timer.active():
             self.idle_timer.cancel()
+        self.idle_timer = None
         if self.lease is not None:
             self.lease.release()
         if self.client_leg is not None:
             request = self.request
             self.gw.gateway.access_log.write(format_line(
                 client=self.client_ip, when=time.time(), method=request.method, target=request.uri,
-                protocol=request.clientproto, status=101, sent=self.client_bytes,
+                protocol=request.clientproto, status=101, sent=self.relay.counters(CLIENT).octets_out,
                 referer=request.getHeader(b"referer"), user_agent=request.getHeader(b"user-agent"),
                 upstream=self.lease.server.hostport if self.lease is not None else None,
                 duration=time.monotonic() - self.started,
             ))
-            self.gw.metrics.ended(self.route.name)
+        if self.opened:
+            self.metrics.ended(self.route.name)
         self.gw.gateway.closed(self)
 
     def shutdown(self) -> None:
-        """wsrelay is stopping: close both legs with 1001."""
+        """wsrelay is stopping: close both legs with 1001 (or refuse a pending handshake with 503)."""
         if self.client_leg is None:
-            self.refuse(ProxyError("shutting down"))
+            self.refuse(ServiceUnavailable("shutting down"))
             return
-        self.relay.close_both(CLOSE_GOING_AWAY, "server shutting down")
+        self.feed(self.relay.close_both(CLOSE_GOING_AWAY, "server shutting down"))
 
 
 class WebSocketGateway:
@@ -584,6 +714,7 @@ class WebSocketGateway:
         self._client_factories: dict[tuple[Route, Upstream], WebSocketClientFactory] = {}
 
     def server_factory(self, route: Route) -> WebSocketServerFactory:
+        """The route's factory for client legs (options from the route; built once per route)."""
         factory = self._server_factories.get(route)
         if factory is None:
             ws = route.websocket
@@ -593,8 +724,8 @@ class WebSocketGateway:
             factory.setProtocolOptions(
                 webStatus=False, failByDrop=False, echoCloseCodeReason=True,
                 maxFramePayloadSize=ws.max_frame_size, maxMessagePayloadSize=ws.max_message_size,
-                autoPingInterval=ws.ping_interval or 0, autoPingTimeout=ws.ping_timeout,
-                openHandshakeTimeout=ws.handshake_timeout, closeHandshakeTimeout=5,
+                autoPingInterval=ws.ping_interval or 0, autoPingTimeout=ws.ping_timeout if ws.ping_interval else 0,
+                openHandshakeTimeout=ws.handshake_timeout, closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
                 perMessageCompressionAccept=_accept_deflate if ws.compression else (lambda offers: None),
                 tcpNoDelay=True,
             )
@@ -604,6 +735,7 @@ class WebSocketGateway:
         return factory
 
     def client_factory(self, route: Route, upstream: Upstream) -> WebSocketClientFactory:
+        """The route's factory for upstream legs."""
         key = (route, upstream)
         factory = self._client_factories.get(key)
         if factory is None:
@@ -614,8 +746,9 @@ class WebSocketGateway:
             factory.setProtocolOptions(
                 failByDrop=False, echoCloseCodeReason=True,
                 maxFramePayloadSize=ws.max_frame_size, maxMessagePayloadSize=ws.max_message_size,
-                autoPingInterval=ws.ping_interval or 0, autoPingTimeout=ws.ping_timeout,
-                openHandshakeTimeout=ws.handshake_timeout, closeHandshakeTimeout=5,
+                autoPingInterval=ws.ping_interval or 0, autoPingTimeout=ws.ping_timeout if ws.ping_interval else 0,
+                # wsrelay's own timer answers 504 first; this one only stops a connection left over
+                openHandshakeTimeout=ws.handshake_timeout + 1, closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
                 serverConnectionDropTimeout=2,
                 perMessageCompressionOffers=[PerMessageDeflateOffer()] if ws.upstream_compression else [],
                 perMessageCompressionAccept=_accept_deflate_response,
