@@ -3,10 +3,16 @@
 This is what nginx does.  The client's handshake (already validated by ``websocket.py``: version,
 key, Origin) goes upstream with its own ``Sec-WebSocket-*`` lines, so the client and the upstream
 negotiate subprotocols and extensions end to end, and the upstream's 101 goes back to the client
-as it came.  Then each transport is the other's producer (a side that stops reading stops wsrelay
-reading from the other), and when one side closes the other is closed after what was sent to it
-is flushed.  ``ws_idle_timeout``: no byte in either direction for that long sends each side a close
-frame with 1001 (masked toward the upstream, as a client must) and then closes both.
+with its hop-by-hop fields removed (``Connection: Upgrade`` and ``Upgrade`` stay: they are the
+switch itself) and the balancer's ``Set-Cookie`` added.  Then each transport is the other's
+producer (a side that stops reading stops wsrelay reading from the other), and when one side
+closes the other is closed after what was sent to it is flushed.
+
+wsrelay never parses payloads here, but it follows frame *headers* in each direction
+(:class:`FrameTracker`) so that it knows when it may put a frame of its own on the wire.
+``ws_idle_timeout`` (no byte in either direction for that long) and shutdown send each side a
+close frame with 1001 (masked toward the upstream, as a client must) when that direction is at a
+frame boundary and has not carried a close frame yet, then close both connections.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from wsrelay.accesslog import format_line
 from wsrelay.answers import answer_error
 from wsrelay.config import Route, Upstream
 from wsrelay.connect import upstream_endpoint
-from wsrelay.errors import CLOSE_GOING_AWAY, BadGateway, GatewayTimeout, ProxyError
+from wsrelay.errors import CLOSE_GOING_AWAY, BadGateway, GatewayTimeout, ProxyError, ServiceUnavailable
 
 log = Logger()
 
@@ -42,6 +48,64 @@ def close_frame(code: int, reason: bytes, *, masked: bool) -> bytes:
         return bytes([0x88, len(payload)]) + payload
     mask = os.urandom(4)
     return bytes([0x88, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class FrameTracker:
+    """Follows WebSocket frame boundaries in one direction (RFC 6455 section 5.2), headers only."""
+
+    def __init__(self) -> None:
+        self.header = b""  # an incomplete frame header
+        self.remaining = 0  # payload bytes of the current frame still to come
+        self.close_seen = False  # a close frame went this way
+
+    @property
+    def at_boundary(self) -> bool:
+        return not self.header and not self.remaining
+
+    def feed(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            if self.remaining:
+                step = min(self.remaining, end - pos)
+                self.remaining -= step
+                pos += step
+                continue
+            head = self.header + data[pos:pos + 14]
+            size = self._header_size(head)
+            if size is None or len(head) < size:
+                self.header = head
+                return
+            pos += size - len(self.header)
+            self.header = b""
+            length = head[1] & 0x7F
+            if length == 126:
+                length = struct.unpack("!H", head[2:4])[0]
+            elif length == 127:
+                length = struct.unpack("!Q", head[2:10])[0]
+            self.remaining = length
+            if head[0] & 0x0F == 0x8:
+                self.close_seen = True
+
+    @staticmethod
+    def _header_size(head: bytes) -> int | None:
+        if len(head) < 2:
+            return None
+        length = head[1] & 0x7F
+        size = 2 + (2 if length == 126 else 8 if length == 127 else 0)
+        return size + (4 if head[1] & 0x80 else 0)
+
+
+def response_head(head: bytes, set_cookie: bytes | None) -> bytes:
+    """The upstream's 101 head as the client gets it: hop-by-hop fields out, the switch kept."""
+    status_line, *lines = head.rstrip(b"\r\n").split(b"\r\n")
+    fields = [(name.strip(), value.strip()) for name, sep, value in (line.partition(b":") for line in lines) if sep]
+    named = H.tokens(fields, b"connection") - {b"upgrade"}
+    drop = (H.HOP_BY_HOP - {b"connection", b"upgrade"}) | named
+    kept = [(n, b"Upgrade" if n.lower() == b"connection" and named else v)
+            for n, v in fields if n.lower() not in drop]
+    if set_cookie is not None:
+        kept.append((b"Set-Cookie", set_cookie))
+    return b"\r\n".join([status_line, *(n + b": " + v for n, v in kept)]) + b"\r\n\r\n"
 
 
 class _Pauser:
@@ -74,6 +138,8 @@ class _UpstreamSide(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.open:
             self.tunnel.to_client(data)
+            return
+        if self.tunnel.answered:
             return
         self.head += data
         end = self.head.find(b"\r\n\r\n")
@@ -127,6 +193,9 @@ class Tunnel:
         self.last_activity = 0.0
         self.started = time.monotonic()
         self.sent_to_client = 0
+        self.to_client_frames = FrameTracker()
+        self.to_upstream_frames = FrameTracker()
+        self.metrics = gw.metrics
 
     def start(self) -> None:
         self.gw.gateway.opened(self)
@@ -188,13 +257,14 @@ class Tunnel:
             self.refuse(error)
             return
         self.lease.success()
-        self.take_over(head + rest)
+        self.take_over(response_head(head, self.lease.set_cookie()), rest)
 
-    def take_over(self, first: bytes) -> None:
+    def take_over(self, head: bytes, first: bytes) -> None:
         request = self.request
         channel = request.channel
-        transport = channel.transport
-        if transport is None or not transport.connected:
+        transport = channel.transport if channel is not None else None
+        if (transport is None or not getattr(transport, "connected", True)
+                or getattr(transport, "disconnecting", False)):
             self.client_left_early()
             return
         self.answered = True
@@ -218,7 +288,11 @@ class Tunnel:
         transport.registerProducer(_Pauser(up), True)
         up.registerProducer(_Pauser(transport), True)
         transport.resumeProducing()
-        self.to_client(first)
+        self.last_activity = self.reactor.seconds()
+        self.sent_to_client += len(head)
+        transport.write(head)
+        if first:
+            self.to_client(first)
         if pending:
             self.to_upstream(pending)
         if self.route.websocket.idle_timeout:
@@ -226,14 +300,23 @@ class Tunnel:
         self.gw.metrics.opened(self.route.name)
 
     def to_client(self, data: bytes) -> None:
+        if self.client_transport is None:
+            return
         self.last_activity = self.reactor.seconds()
         self.sent_to_client += len(data)
+        self.to_client_frames.feed(data)
+        self.metrics.received(self.route.name, "upstream", len(data), message=False)
+        self.metrics.sent(self.route.name, "client", len(data))
         self.client_transport.write(data)
 
     def to_upstream(self, data: bytes) -> None:
+        if self.up is None or self.up.transport is None:
+            return
         self.last_activity = self.reactor.seconds()
-        if self.up is not None:
-            self.up.transport.write(data)
+        self.to_upstream_frames.feed(data)
+        self.metrics.received(self.route.name, "client", len(data), message=False)
+        self.metrics.sent(self.route.name, "upstream", len(data))
+        self.up.transport.write(data)
 
     def check_idle(self) -> None:
         idle = self.route.websocket.idle_timeout
@@ -246,13 +329,19 @@ class Tunnel:
         log.info("route {route}: tunnel idle for {idle}s, closing both sides", route=self.route.name, idle=idle)
         self.close_both()
 
-    def close_both(self) -> None:
-        reason = b"idle timeout"
+    def close_both(self, reason: bytes = b"idle timeout") -> None:
+        """A 1001 close frame to each side where one may go (see the module docstring), then close."""
         if self.client_transport is not None:
-            self.client_transport.write(close_frame(CLOSE_GOING_AWAY, reason, masked=False))
+            if self.to_client_frames.at_boundary and not self.to_client_frames.close_seen:
+                self.to_client_frames.close_seen = True
+                self.client_transport.write(close_frame(CLOSE_GOING_AWAY, reason, masked=False))
+                self.metrics.close_out(self.route.name, "client", CLOSE_GOING_AWAY)
             self.client_transport.loseConnection()
-        if self.up is not None:
-            self.up.transport.write(close_frame(CLOSE_GOING_AWAY, reason, masked=True))
+        if self.up is not None and self.up.transport is not None:
+            if self.to_upstream_frames.at_boundary and not self.to_upstream_frames.close_seen:
+                self.to_upstream_frames.close_seen = True
+                self.up.transport.write(close_frame(CLOSE_GOING_AWAY, reason, masked=True))
+                self.metrics.close_out(self.route.name, "upstream", CLOSE_GOING_AWAY)
             self.up.transport.loseConnection()
 
     def side_lost(self, side: str, reason: Failure | None) -> None:
@@ -331,7 +420,8 @@ class Tunnel:
         self.gw.gateway.closed(self)
 
     def shutdown(self) -> None:
+        """wsrelay is stopping: 1001 close frames to both sides (or 503 to a pending handshake)."""
         if self.client_transport is None:
-            self.refuse(ProxyError("shutting down"))
+            self.refuse(ServiceUnavailable("shutting down"))
         else:
-            self.close_both()
+            self.close_both(b"server shutting down")

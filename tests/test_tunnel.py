@@ -1,0 +1,229 @@
+"""Tunnel mode in memory: the handshake goes upstream as the client sent it, then bytes flow unchanged."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.test import iosim
+
+from tests.test_websocket import KEY, Harness, RawClient, frame, handshake, header_lines, parse_frames, status
+from wsrelay.tunnel import FrameTracker, response_head
+
+TUNNEL = "ws_mode = tunnel"
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class RawUpstream(Protocol):
+    """An upstream that answers the handshake with ``answer`` (a 101 by default) and keeps the rest."""
+
+    def __init__(self, answer: bytes | None = None, after: bytes = b"") -> None:
+        self.answer = answer
+        self.after = after
+        self.request = b""
+        self.received = b""
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.request:
+            head, sep, rest = data.partition(b"\r\n\r\n")
+            self.request = head
+            key = header_lines(head, b"sec-websocket-key")[0]
+            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+            answer = self.answer or (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                     b"Connection: Upgrade, Keep-Alive\r\nKeep-Alive: timeout=5\r\n"
+                                     b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: chat\r\n"
+                                     b"X-Upstream: yes\r\n\r\n")
+            self.transport.write(answer + self.after)
+            data = rest
+        self.received += data
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost = True
+
+
+def accept(h: Harness, upstream: RawUpstream, index: int = -1) -> iosim.FakeTransport:
+    host, port, wrapping, _, _ = h.clock.tcpClients[index]
+    relay_side = wrapping.buildProtocol(IPv4Address("TCP", host, port))
+    u_io = iosim.FakeTransport(upstream, True)
+    r_io = iosim.FakeTransport(relay_side, False)
+    h.pumps.append(iosim.connect(upstream, u_io, relay_side, r_io, greet=False, clock=h.clock))
+    h.settle()
+    return r_io
+
+
+def open_tunnel(h: Harness, after: bytes = b"", request: bytes | None = None) -> tuple[RawClient, RawUpstream]:
+    client = h.raw_client(request or handshake(extra=[b"Sec-WebSocket-Protocol: chat",
+                                                      b"Sec-WebSocket-Extensions: permessage-deflate"]))
+    upstream = RawUpstream(after=after)
+    accept(h, upstream)
+    assert status(client) == 101
+    return client, upstream
+
+
+def test_handshake_goes_upstream_end_to_end_and_101_comes_back_without_hop_by_hop() -> None:
+    """The client's key, subprotocols and extensions go upstream; the 101 comes back cleaned."""
+    h = Harness(TUNNEL)
+    client, upstream = open_tunnel(h)
+    assert upstream.request.startswith(b"GET /chat?a=1&b=%20 HTTP/1.1\r\n")
+    assert header_lines(upstream.request, b"sec-websocket-key") == [KEY]
+    assert header_lines(upstream.request, b"sec-websocket-extensions") == [b"permessage-deflate"]
+    assert header_lines(upstream.request, b"upgrade") == [b"websocket"]
+    assert header_lines(upstream.request, b"connection") == [b"Upgrade"]
+    assert header_lines(upstream.request, b"x-forwarded-for") == [b"10.1.2.3"]
+    accept_value = base64.b64encode(hashlib.sha1(KEY + GUID).digest())
+    assert header_lines(client.head, b"sec-websocket-accept") == [accept_value]
+    assert header_lines(client.head, b"x-upstream") == [b"yes"]
+    assert header_lines(client.head, b"keep-alive") == []
+    assert header_lines(client.head, b"upgrade") == [b"websocket"]
+
+
+def test_bytes_copied_unchanged_both_ways() -> None:
+    """Whatever follows the 101 is copied byte for byte, RSV bits and odd framing included."""
+    h = Harness(TUNNEL)
+    early = frame(1, b"from upstream right after 101", mask=False)
+    client, upstream = open_tunnel(h, after=early)
+    odd = bytes([0xC1, 0x85]) + b"\x01\x02\x03\x04" + b"abcde"  # RSV1 set, as deflate would
+    client.transport.write(odd + frame(2, b"\x00" * 70000))
+    upstream.transport.write(frame(2, b"\xff" * 100, mask=False))
+    h.settle()
+    assert upstream.received == odd + upstream.received[len(odd):]
+    assert len(upstream.received) == len(odd) + len(frame(2, b"\x00" * 70000))
+    assert client.received.partition(b"\r\n\r\n")[2] == early + frame(2, b"\xff" * 100, mask=False)
+
+
+def test_pipelined_bytes_reach_upstream_after_handshake() -> None:
+    """Bytes the client sent along with its handshake go upstream after the request."""
+    h = Harness(TUNNEL)
+    early = frame(1, b"early")
+    client, upstream = open_tunnel(h, request=handshake() + early)
+    assert upstream.received == early
+
+
+def test_refusal_status_passed_to_client() -> None:
+    """A non-101 from the upstream goes to the client with its status."""
+    h = Harness(TUNNEL)
+    client = h.raw_client(handshake())
+    accept(h, RawUpstream(answer=b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"))
+    assert status(client) == 403
+    assert not h.gateway.live
+
+
+@pytest.mark.parametrize(("request_bytes", "extra", "code"), [
+    (handshake(version=b"12"), "", 426),
+    (handshake(key=b"bad"), "", 400),
+    (handshake(extra=[b"Origin: https://evil.example"]), "ws_allowed_origins = https://ok.example", 403),
+])
+def test_tunnel_still_validates_handshake(request_bytes: bytes, extra: str, code: int) -> None:
+    """Tunnel mode checks version, key and Origin before contacting an upstream."""
+    h = Harness(TUNNEL + "\n" + extra)
+    client = h.raw_client(request_bytes)
+    assert status(client) == code and h.attempts() == 0
+
+
+def test_unreachable_upstream_gives_502() -> None:
+    """No connection to any server: 502 (after the route's retries)."""
+    h = Harness(TUNNEL)
+    client = h.raw_client(handshake())
+    h.refuse_upstream(0)
+    h.refuse_upstream(1)
+    assert status(client) == 502
+
+
+def test_one_side_closing_closes_the_other_after_flushing() -> None:
+    """The upstream's close reaches the client with what preceded it, then the client is disconnected."""
+    h = Harness(TUNNEL)
+    client, upstream = open_tunnel(h)
+    upstream.transport.write(frame(8, struct.pack("!H", 4000), mask=False))
+    upstream.transport.loseConnection()
+    h.settle()
+    assert client.frames[-1] == (True, 8, struct.pack("!H", 4000))
+    assert client.lost and not h.gateway.live
+    assert len(h.log) == 1 and " 101 " in h.log[0]
+
+
+def test_client_leaving_closes_upstream() -> None:
+    """The client's TCP connection ending ends the upstream's."""
+    h = Harness(TUNNEL)
+    client, upstream = open_tunnel(h)
+    client.transport.loseConnection()
+    h.settle()
+    assert upstream.lost and not h.gateway.live
+
+
+def test_idle_timeout_sends_1001_close_frames_then_closes() -> None:
+    """ws_idle_timeout: each side gets a 1001 close frame (masked toward the upstream), then FIN."""
+    h = Harness(TUNNEL + "\nws_idle_timeout = 5s")
+    client, upstream = open_tunnel(h)
+    h.advance(3)
+    client.transport.write(frame(1, b"keepalive"))
+    h.settle()
+    h.advance(4)
+    assert not client.lost
+    h.advance(2)
+    assert client.frames[-1][1:] == (8, struct.pack("!H", 1001) + b"idle timeout")
+    tail = upstream.received[len(frame(1, b"keepalive")):]
+    assert tail[0] == 0x88 and tail[1] & 0x80  # a masked close frame
+    assert client.lost and upstream.lost
+
+
+def test_no_close_frame_injected_mid_frame() -> None:
+    """A direction stuck in the middle of a frame gets no close frame, only the TCP close."""
+    h = Harness(TUNNEL + "\nws_idle_timeout = 5s")
+    client, upstream = open_tunnel(h)
+    client.transport.write(frame(2, b"x" * 1000)[:500])  # half a frame toward the upstream
+    h.settle()
+    h.advance(6)
+    assert len(upstream.received) == 500
+    assert client.frames[-1][1] == 8
+    assert upstream.lost
+
+
+def test_shutdown_closes_tunnel_with_1001() -> None:
+    """gateway.shutdown_all() sends 1001 close frames in the tunnel too."""
+    h = Harness(TUNNEL)
+    client, upstream = open_tunnel(h)
+    h.gateway.shutdown_all()
+    h.settle()
+    assert client.frames[-1][1:] == (8, struct.pack("!H", 1001) + b"server shutting down")
+    assert not h.gateway.live
+
+
+def test_tunnel_metrics_count_octets_per_hop() -> None:
+    """Tunnel pairs count octets per hop and direction."""
+    h = Harness(TUNNEL)
+    client, upstream = open_tunnel(h)
+    client.transport.write(b"12345")
+    h.settle()
+    hops = h.gateway.websocket.metrics.snapshot()["/"]["hops"]
+    assert hops["client"]["octets_in"] == 5 and hops["upstream"]["octets_out"] == 5
+
+
+def test_frame_tracker_follows_boundaries_across_splits() -> None:
+    """Frame headers split anywhere are followed; a close frame is noticed."""
+    data = frame(2, b"a" * 300) + frame(1, b"b" * 70000, mask=False) + frame(8, b"\x03\xe8")
+    for cut in (1, 2, 3, 5, 9, 301, 310, 70300):
+        t = FrameTracker()
+        t.feed(data[:cut])
+        assert not t.at_boundary or cut in (0,)
+        t.feed(data[cut:])
+        assert t.at_boundary and t.close_seen
+    t = FrameTracker()
+    for i in range(len(data[:400])):
+        t.feed(data[i:i + 1])
+    assert not t.close_seen
+
+
+def test_response_head_keeps_switch_and_drops_hop_by_hop() -> None:
+    """Connection/Upgrade stay, Keep-Alive and fields Connection names go, Set-Cookie is added."""
+    head = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Hop\r\n"
+            b"X-Hop: 1\r\nKeep-Alive: 5\r\nX-Keep: 2\r\n\r\n")
+    out = response_head(head, b"srv=a")
+    assert out == (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   b"X-Keep: 2\r\nSet-Cookie: srv=a\r\n\r\n")
+    assert parse_frames(b"") == []
