@@ -23,7 +23,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 
 def accept_key(key: bytes) -> bytes:
@@ -45,9 +45,10 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = False, 
 class FrameReader:
     """Reads frames from a blocking socket (with the socket's timeout)."""
 
-    def __init__(self, sock: socket.socket, buffer: bytes = b"") -> None:
+    def __init__(self, sock: socket.socket, buffer: bytes = b"", *, answer_pings: bool = False) -> None:
         self.sock = sock
         self.buffer = buffer
+        self.answer_pings = answer_pings  # as a server: reply to pings with unmasked pongs
 
     def _need(self, n: int) -> bytes:
         while len(self.buffer) < n:
@@ -77,6 +78,8 @@ class FrameReader:
         opcode, parts = None, []
         while True:
             fin, op, payload = self.read()
+            if op == 9 and self.answer_pings:
+                self.sock.sendall(frame(10, payload))
             if op in (9, 10):
                 continue
             if op == 8:
@@ -174,7 +177,7 @@ class ScriptedWebSocketUpstream:
         if offered:
             response.append(b"Sec-WebSocket-Protocol: " + offered[-1])
         conn.sendall(b"\r\n".join(response) + b"\r\n\r\n")
-        reader = FrameReader(conn, rest)
+        reader = FrameReader(conn, rest, answer_pings=True)
         if name == b"flood":
             size = int(arg)
             conn.settimeout(1.0)

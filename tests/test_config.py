@@ -108,6 +108,7 @@ def test_exact_and_named_routes() -> None:
         (MINIMAL + "ws_allowed_origins = https://a.example/path\n", "route /chat/", "ws_allowed_origins", "not an origin"),
         (MINIMAL + "ws_ping_timeout = 40s\n", "route /chat/", "ws_ping_timeout", "shorter than"),
         (MINIMAL + "host = *\n", "route /chat/", "host", "matches every host"),
+        (MINIMAL + "ws_ping_interval = 2s\nws_ping_timeout = 500ms\n", "route /chat/", "ws_ping_timeout", "at least 1s"),
         (MINIMAL + "[route /chat/]\nupstream = chat\n", "route /chat/", None, "appears twice"),
         (MINIMAL + "[route x]\nupstream = chat\n", "route x", "path", "does not name a path"),
         (MINIMAL + "[upstream u2]\nservers = 127.0.0.1:1\nbalance = cookie\n", "upstream u2", "sticky", "needs the cookie name"),

@@ -792,6 +792,10 @@ class _Builder:
                                  f" (defined: {', '.join(sorted(upstreams)) or 'none'})")
         if v["ws_ping_interval"] is not None and v["ws_ping_timeout"] >= v["ws_ping_interval"]:
             raise self.error(section, "ws_ping_timeout", "must be shorter than ws_ping_interval")
+        if v["ws_ping_interval"] is not None and v["ws_ping_timeout"] < 1.0:
+            # Autobahn's batched timers fire a sub-second ping timeout at once (checked on
+            # autobahn 26.10): every connection would be dropped at its first ping.
+            raise self.error(section, "ws_ping_timeout", "must be at least 1s")
         if v["ws_max_frame_size"] and v["ws_max_message_size"] and v["ws_max_frame_size"] > v["ws_max_message_size"]:
             raise self.error(section, "ws_max_frame_size", "is larger than ws_max_message_size")
         ws = WebSocketOptions(
