@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import IO
@@ -25,57 +25,47 @@ LISTENING = re.compile(r"wsrelay listening on (\S+)")
 
 
 class LineReader:
-    """Reads a process's output line by line with deadlines, keeping everything read."""
+    """Collects a process's output lines in a thread (so a full pipe never blocks the process)
+    and lets tests wait for a line with a deadline."""
 
     def __init__(self, stream: IO[bytes]) -> None:
         self.stream = stream
-        self.fd = stream.fileno()
-        os.set_blocking(self.fd, False)
-        self.buffer = b""
         self.lines: list[str] = []
+        self.ended = False
+        self._changed = threading.Condition()
+        threading.Thread(target=self._pump, daemon=True).start()
 
-    def _fill(self, timeout: float) -> bool:
-        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
-        if not ready:
-            return False
-        try:
-            chunk = os.read(self.fd, 65536)
-        except BlockingIOError:
-            return True
-        if not chunk:
-            raise EOFError("process output ended")
-        self.buffer += chunk
-        *complete, self.buffer = self.buffer.split(b"\n")
-        self.lines.extend(line.decode("utf-8", "replace") for line in complete)
-        return True
+    def _pump(self) -> None:
+        for raw in iter(self.stream.readline, b""):
+            with self._changed:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self.ended = True
+            self._changed.notify_all()
 
     def wait_for(self, pattern: re.Pattern[str] | str, timeout: float = 15.0, start: int = 0) -> re.Match[str]:
         """The first match of ``pattern`` in a line at index >= ``start``; AssertionError at the deadline."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         index = start
-        while True:
-            while index < len(self.lines):
-                m = regex.search(self.lines[index])
-                if m:
-                    return m
-                index += 1
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no line matching {regex.pattern!r} within {timeout}s; output:\n"
-                                     + "\n".join(self.lines[-40:]))
-            try:
-                self._fill(remaining)
-            except EOFError:
-                raise AssertionError(f"process ended before {regex.pattern!r}; output:\n"
-                                     + "\n".join(self.lines[-40:])) from None
+        with self._changed:
+            while True:
+                while index < len(self.lines):
+                    m = regex.search(self.lines[index])
+                    if m:
+                        return m
+                    index += 1
+                remaining = deadline - time.monotonic()
+                if self.ended or remaining <= 0:
+                    what = "process ended" if self.ended else f"no line within {timeout}s"
+                    raise AssertionError(f"{what} before a line matching {regex.pattern!r}; output:\n"
+                                         + "\n".join(self.lines[-40:]))
+                self._changed.wait(remaining)
 
-    def drain(self) -> None:
-        try:
-            while self._fill(0):
-                pass
-        except EOFError:
-            pass
+    def wait_ended(self, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.ended, timeout)
 
 
 class Process:
@@ -97,20 +87,13 @@ class Process:
         self.popen.send_signal(signum)
 
     def wait(self, timeout: float = 15.0) -> int:
-        """Exit status, reading output meanwhile; AssertionError at the deadline."""
-        deadline = time.monotonic() + timeout
-        while True:
-            code = self.popen.poll()
-            if code is not None:
-                self.output.drain()
-                return code
-            if time.monotonic() > deadline:
-                raise AssertionError(f"process {self.pid} still running after {timeout}s")
-            try:
-                self.output._fill(min(0.1, max(0.0, deadline - time.monotonic())))
-            except EOFError:
-                # Output closed: the process is exiting; wait for it with the remaining budget.
-                return self.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+        """Exit status; AssertionError at the deadline."""
+        try:
+            code = self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"process {self.pid} still running after {timeout}s") from None
+        self.output.wait_ended(5)
+        return code
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
