@@ -2,20 +2,33 @@
 
 Order of events for one client (``relay`` mode):
 
-1. The client's handshake is checked before anything goes upstream: ``Sec-WebSocket-Version`` 13
-   (else 426 with ``Sec-WebSocket-Version: 13``), a ``Sec-WebSocket-Key`` of 16 base64 bytes and
-   ``GET`` (else 400), an allowed ``Origin`` (else 403), WebSocket enabled on the route (else 403).
+1. The client's handshake is checked before anything goes upstream (:func:`check_handshake`):
+   WebSocket enabled on the route (else 403, chosen over 400 because the request is well formed
+   but not allowed there), ``GET`` over HTTP/1.1 and no URI fragment (else 400),
+   ``Sec-WebSocket-Version`` 13 (else 426 with ``Sec-WebSocket-Version: 13``), one
+   ``Sec-WebSocket-Key`` of 16 base64 bytes (else 400), at most one valid ``Origin`` (else 400)
+   that the route allows (else 403), distinct valid subprotocol tokens (else 400).
 2. wsrelay opens the upstream WebSocket (server chosen by the balancer; connect failures retry on
-   the next server) with the client's target, subprotocols, and header lines (``Cookie``,
-   ``Authorization``, ``Origin``, ``User-Agent``... repeated lines intact; one ``Host`` as the route
-   says; X-Forwarded-*).  Extensions are negotiated per hop, never forwarded.
-3. The upstream answers: a non-101 status goes to the client as that status; no connection is a
-   502, no answer within ``ws_handshake_timeout`` a 504.  A 101 makes wsrelay take the client's
-   connection over from twisted.web and complete the client's handshake with the subprotocol the
-   upstream chose (and the upstream's other 101 headers, ``Set-Cookie`` included).
-4. Messages flow through :class:`wsrelay.relay.Relay`; each transport is the other's producer, so
-   a side that stops reading stops wsrelay reading from the other side.
-5. The pair ends when both legs are closed: one access-log line (status 101), the lease released.
+   the next server, ``retries`` times) with the client's request target byte for byte, its
+   subprotocols, and its header lines from twisted.web (``Cookie``, ``Authorization``,
+   ``Origin``, ``User-Agent``... repeated lines intact; one ``Host`` as the route says;
+   X-Forwarded-*).  Extensions are negotiated per hop, never forwarded.
+3. The upstream answers: a 4xx/5xx goes to the client as that status (other non-101 answers, and
+   a 101 that fails Autobahn's checks, are a 502); no connection is a 502 (504 for a connect
+   timeout), no answer within ``ws_handshake_timeout`` a 504.  A 101 makes wsrelay take the
+   client's connection over from twisted.web (with any bytes the client pipelined) and complete
+   the client's handshake with the subprotocol the upstream chose, the upstream's other 101
+   headers and the balancer's ``Set-Cookie``.
+4. Messages flow through :class:`wsrelay.relay.Relay` frame by frame; the closing handshake is end
+   to end (a peer's close is answered with the other peer's answer).  Each transport is the
+   other's producer, so a side that stops reading stops wsrelay reading from the other side.
+5. A side lost without a close frame: the other gets 1001 (toward the upstream) or 1011 (toward
+   the client; 1014 "bad gateway" would be more precise, but Autobahn-based clients refuse it as
+   a protocol error).  Ping timeouts (``ws_ping_interval``/``ws_ping_timeout``, per hop) count as
+   lost, except while wsrelay itself stopped reading that side for back-pressure.  Protocol
+   errors get 1002/1007/1009 on their own hop and end only their own pair.
+6. The pair ends when both legs are closed: one access-log line (status 101, payload bytes sent
+   to the client), the balancer lease released, :meth:`Gateway.closed`.
 
 A client that leaves while step 2 is pending leaves no upstream connection behind.
 """
@@ -209,6 +222,7 @@ class _Leg:
         # Not calling the base class: it would keep the whole message.
         if self.pair is not None and not self.failedByMe:  # type: ignore[attr-defined]
             self._in_size += len(payload)
+            self.pair.last_activity = self.pair.reactor.seconds()
             self.pair.feed(self.pair.relay.frame_data(self.side, payload))
 
     def onMessageFrameEnd(self) -> None:
@@ -270,7 +284,6 @@ class _Leg:
 
     def perform(self, action: Action) -> None:
         if isinstance(action, Abort):
-            self.pair = None
             if self.transport is not None:  # type: ignore[attr-defined]
                 self.dropConnection(abort=True)  # type: ignore[attr-defined]
             return
@@ -295,6 +308,11 @@ class _Leg:
         raise NotImplementedError
 
 
+def _abort_if_open(transport: Any) -> None:
+    if getattr(transport, "connected", False) and not getattr(transport, "disconnected", False):
+        transport.abortConnection()
+
+
 class ClientLeg(_Leg, WebSocketServerProtocol):
     """The leg toward the client (wsrelay is the WebSocket server)."""
 
@@ -309,8 +327,12 @@ class ClientLeg(_Leg, WebSocketServerProtocol):
             self.pair.client_opened()
 
     def answered_close(self) -> None:
-        # RFC 6455 section 7.1.1: the server closes the TCP connection first.
+        # RFC 6455 section 7.1.1: the server closes the TCP connection first.  A client that
+        # does not read what is still queued for it would hold the connection: abort it later.
+        transport = self.transport
         self.dropConnection(abort=False)
+        if transport is not None:
+            txaio.call_later(CLOSE_HANDSHAKE_TIMEOUT, _abort_if_open, transport)
 
 
 class UpstreamLeg(_Leg, WebSocketClientProtocol):
