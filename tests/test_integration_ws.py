@@ -345,7 +345,7 @@ def test_silent_client_dropped_by_ping_and_idle_timeout(start_relay: Callable[..
             assert (ws.close_code, ws.close_reason) == (1001, "idle timeout")
 
     run(with_relay(start_relay, body, extra="ws_idle_timeout = 1500ms\n"
-                   "[route /ping/]\nupstream = up\nws_ping_interval = 1s\nws_ping_timeout = 500ms"))
+                   "[route /ping/]\nupstream = up\nws_ping_interval = 2s\nws_ping_timeout = 1s"))
 
 
 def test_shutdown_sends_1001(start_relay: Callable[..., RelayProcess]) -> None:
