@@ -1,0 +1,346 @@
+"""TLS: certificate loading errors, and HTTPS/wss through the real ``twistd -n wsrelay`` with SNI,
+safe protocol defaults, reload, https redirect and verified TLS upstreams."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import signal
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import websockets
+
+from tests.certs import CA
+from tests.scripted_upstream import ScriptedUpstream
+from tests.support import RelayProcess, UpstreamProcess, write_config
+from wsrelay import config as configmod
+from wsrelay.config import ConfigError
+from wsrelay.tls import load_certificates
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CA:
+    return CA(tmp_path)
+
+
+def certificate_config(cert: Path, key: Path, password: str = "") -> configmod.Config:
+    return configmod.parse(f"""
+[wsrelay]
+listen = tcp:0
+[certificate site]
+cert = {cert}
+key = {key}
+password = {password}
+[route /]
+redirect = 301
+""", "relay.ini")
+
+
+def load_error(cfg: configmod.Config) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_certificates(cfg.certificates, cfg.path)
+    return info.value
+
+
+def test_bad_certificate_files_are_named(ca: CA, tmp_path: Path) -> None:
+    """Missing, non-PEM, mismatched, expired and wrongly protected files: one error naming the file."""
+    cert, key = ca.leaf("a", "a.test")
+    other_cert, other_key = ca.leaf("b", "b.test")
+    old_cert, old_key = ca.leaf("old", "old.test", expired=True)
+    secret_cert, secret_key = ca.leaf("secret", "s.test", password=b"pw")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    cases = [
+        (certificate_config(tmp_path / "none.pem", key), "cert", "none.pem: cannot be read"),
+        (certificate_config(junk, key), "cert", "junk.pem: no PEM certificate"),
+        (certificate_config(cert, other_key), "key", f"{other_key} does not match the certificate in {cert}"),
+        (certificate_config(old_cert, old_key), "cert", "old.pem: the certificate expired"),
+        (certificate_config(secret_cert, secret_key), "password", "secret.key: the key is encrypted"),
+        (certificate_config(secret_cert, secret_key, "wrong"), "password", "secret.key: wrong password"),
+    ]
+    for cfg, key_name, words in cases:
+        error = load_error(cfg)
+        assert (error.section, error.key) == ("certificate site", key_name)
+        assert words in str(error), str(error)
+    assert load_certificates(certificate_config(secret_cert, secret_key, "pw").certificates, "relay.ini")
+
+
+def tls_relay_config(ca: CA, upstream_port: int, extra_listener: str = "", hsts: str = "1h") -> str:
+    a_cert, a_key = ca.leaf("a", "a.test")
+    w_cert, w_key = ca.leaf("wild", "*.b.test")
+    return f"""
+[wsrelay]
+listen = tcp:0:interface=127.0.0.1
+[listener public]
+endpoint = tcp:0:interface=127.0.0.1
+tls = on
+certificates = a wild
+default_certificate = a
+hsts_max_age = {hsts}
+{extra_listener}
+[listener redirect]
+endpoint = tcp:0:interface=127.0.0.1
+redirect = 301
+redirect_port = 8443
+[certificate a]
+cert = {a_cert}
+key = {a_key}
+[certificate wild]
+cert = {w_cert}
+key = {w_key}
+[upstream app]
+servers = 127.0.0.1:{upstream_port}
+[route /]
+upstream = app
+"""
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[UpstreamProcess]:
+    up = UpstreamProcess(tmp_path)
+    try:
+        yield up
+    finally:
+        up.stop()
+
+
+@pytest.fixture
+def tls_relay(ca: CA, demo: UpstreamProcess, start_relay: Callable[..., RelayProcess]) -> RelayProcess:
+    relay = start_relay(tls_relay_config(ca, demo.port), wait=False)
+    relay.wait_listening(count=3)
+    return relay
+
+
+def tls_port(relay: RelayProcess) -> int:
+    url = next(u for u in relay.urls if u.startswith("https://"))
+    return int(url.rstrip("/").rsplit(":", 1)[1])
+
+
+def client_context(ca: CA, **kw: object) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca.pem))
+    for name, value in kw.items():
+        setattr(ctx, name, value)
+    return ctx
+
+
+def handshake(port: int, ctx: ssl.SSLContext, server_name: str | None) -> ssl.SSLSocket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if server_name is None:
+        ctx.check_hostname = False
+    return ctx.wrap_socket(sock, server_hostname=server_name)
+
+
+def peer_names(s: ssl.SSLSocket) -> list[str]:
+    return [v for k, v in s.getpeercert().get("subjectAltName", ())]
+
+
+def test_sni_chooses_the_certificate_and_default(ca: CA, tls_relay: RelayProcess) -> None:
+    """Each SNI name gets its certificate (exact, then wildcard); no SNI gets the default."""
+    port = tls_port(tls_relay)
+    with handshake(port, client_context(ca), "a.test") as s:
+        assert peer_names(s) == ["a.test"]
+    with handshake(port, client_context(ca), "x.b.test") as s:
+        assert peer_names(s) == ["*.b.test"]
+    ctx = client_context(ca)
+    ctx.check_hostname = False
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as s:
+        assert s.version() in ("TLSv1.2", "TLSv1.3")
+        der = s.getpeercert(binary_form=True)
+        assert b"a.test" in der
+
+
+def test_protocol_versions_and_alpn(ca: CA, tls_relay: RelayProcess) -> None:
+    """TLS 1.2 and 1.3 are served, 1.1 is refused; ALPN picks http/1.1 even when h2 is offered."""
+    port = tls_port(tls_relay)
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = client_context(ca, minimum_version=version, maximum_version=version)
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with handshake(port, ctx, "a.test") as s:
+            assert s.selected_alpn_protocol() == "http/1.1"
+    old = client_context(ca)
+    old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    try:
+        old.set_ciphers("ALL:@SECLEVEL=0")
+    except ssl.SSLError:
+        pass
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        handshake(port, old, "a.test").close()
+
+
+def test_https_and_wss_through_the_relay(ca: CA, tls_relay: RelayProcess) -> None:
+    """HTTPS requests and a wss WebSocket are served on the TLS listener; the upstream sees
+    X-Forwarded-Proto: https; HSTS is sent."""
+    port = tls_port(tls_relay)
+    with handshake(port, client_context(ca), "a.test") as s:
+        s.sendall(b"GET /api/info HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"Strict-Transport-Security: max-age=3600" in head
+    assert b'["X-Forwarded-Proto", "https"]' in body
+
+    async def wss() -> str:
+        ctx = client_context(ca)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        async with websockets.connect(f"wss://a.test:{port}/ws/echo", ssl=ctx, sock=sock,
+                                      server_hostname="a.test") as ws:
+            await ws.send("over tls")
+            return await ws.recv()  # type: ignore[return-value]
+
+    assert asyncio.run(asyncio.wait_for(wss(), 20)) == "over tls"
+
+
+def test_plain_http_to_tls_port_is_refused_and_listener_keeps_serving(ca: CA, tls_relay: RelayProcess) -> None:
+    """Plain HTTP sent to the TLS port is refused cleanly; the listener serves the next client."""
+    port = tls_port(tls_relay)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        try:
+            answer = s.recv(1024)
+        except ConnectionResetError:
+            answer = b""
+        assert not answer.startswith(b"HTTP/1.1 200")
+    with handshake(port, client_context(ca), "a.test") as s:
+        assert peer_names(s) == ["a.test"]
+
+
+def test_redirect_listener_sends_https_url(tls_relay: RelayProcess) -> None:
+    """A redirect listener answers every request with 301 to the https form of host and path."""
+    url = [u for u in tls_relay.urls if u.startswith("http://")][-1]
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /chat/?room=1 HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n")
+        data = s.recv(65536)
+    assert data.startswith(b"HTTP/1.1 301")
+    assert b"Location: https://example.test:8443/chat/?room=1" in data
+
+
+def test_sighup_swaps_certificates_and_refuses_bad_ones(ca: CA, demo: UpstreamProcess, tmp_path: Path,
+                                                        start_relay: Callable[..., RelayProcess]) -> None:
+    """A reload puts a new certificate in service for new handshakes while an open connection keeps
+    working; a bad new certificate is refused and the old one stays."""
+    text = tls_relay_config(ca, demo.port)
+    relay = start_relay(text, wait=False)
+    relay.wait_listening(count=3)
+    port = tls_port(relay)
+    opened = handshake(port, client_context(ca), "a.test")
+    first = opened.getpeercert(binary_form=True)
+    ca.leaf("a", "a.test", days=20)  # a new certificate in the same files
+    relay.signal(signal.SIGHUP)
+    relay.output.wait_for("configuration reloaded")
+    with handshake(port, client_context(ca), "a.test") as s:
+        assert s.getpeercert(binary_form=True) != first
+    opened.sendall(b"GET /api/info HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+    assert opened.recv(12) == b"HTTP/1.1 200"
+    opened.close()
+    served = None
+    with handshake(port, client_context(ca), "a.test") as s:
+        served = s.getpeercert(binary_form=True)
+    _, other_key = ca.leaf("stranger", "s.test")
+    (tmp_path / "a.key").write_bytes(other_key.read_bytes())  # the key no longer matches
+    mark = len(relay.output.lines)
+    relay.signal(signal.SIGHUP)
+    line = relay.output.wait_for("reload refused", start=mark)
+    assert "does not match the certificate" in line.string
+    with handshake(port, client_context(ca), "a.test") as s:
+        assert s.getpeercert(binary_form=True) == served
+
+
+class _TLSUpstream:
+    """An HTTPS upstream (Python's http.server behind ssl) in a thread."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", "6")
+                self.end_headers()
+                self.wfile.write(b"secure")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("settings, status, log", [
+    ("tls_ca = {ca}\ntls_server_name = backend.test", 200, None),
+    ("tls_server_name = backend.test", 502, "certificate verify failed"),
+    ("tls_ca = {ca}\ntls_server_name = wrong.test", 502, "does not match its name"),
+    ("tls_verify = off", 200, None),
+])
+def test_tls_upstreams_are_verified(settings: str, status: int, log: str | None, ca: CA,
+                                    start_relay: Callable[..., RelayProcess]) -> None:
+    """https upstreams: verified against tls_ca and by name by default (502 with a reason if not);
+    tls_verify = off skips the check."""
+    cert, key = ca.leaf("backend", "backend.test")
+    upstream = _TLSUpstream(cert, key)
+    try:
+        relay = start_relay(f"""
+[wsrelay]
+listen = tcp:0:interface=127.0.0.1
+[upstream secure]
+servers = https://127.0.0.1:{upstream.port}
+{settings.format(ca=ca.pem)}
+[route /]
+upstream = secure
+retries = 0
+""")
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 %d" % status), data[:100]
+        if status == 200:
+            assert data.endswith(b"secure")
+        if log:
+            relay.output.wait_for(log)
+    finally:
+        upstream.stop()
+
+
+def test_bad_certificate_stops_startup(ca: CA, tmp_path: Path) -> None:
+    """A TLS listener with an expired certificate: start-up ends with status 1 and a line naming the file."""
+    import subprocess
+
+    from tests.support import TWISTD
+
+    cert, key = ca.leaf("old", "a.test", expired=True)
+    path = write_config(tmp_path, f"""
+[wsrelay]
+listen = tcp:0:interface=127.0.0.1
+[listener tls]
+endpoint = tcp:0:interface=127.0.0.1
+tls = on
+certificates = old
+[certificate old]
+cert = {cert}
+key = {key}
+[route /]
+redirect = 301
+""")
+    result = subprocess.run([TWISTD, "-n", "--pidfile=", "wsrelay", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert f"[certificate old] cert: {cert}: the certificate expired" in result.stderr
