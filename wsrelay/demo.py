@@ -21,6 +21,8 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from twisted.internet.defer import Deferred
+from twisted.internet.task import react
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -120,19 +122,22 @@ def demo_site(reactor: Any | None = None) -> Site:
     return Site(root)
 
 
+def serve(reactor: Any, port: int, interface: str) -> Deferred[None]:
+    """Listen and serve until the process is stopped."""
+    listening = reactor.listenTCP(port, demo_site(reactor), interface=interface)
+    address = listening.getHost()
+    sys.stdout.write(f"demo upstream listening on http://{address.host}:{address.port}/\n")
+    sys.stdout.flush()
+    return Deferred()  # never fires: Ctrl-C or SIGTERM stops the reactor
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the demo upstream until interrupted."""
     parser = argparse.ArgumentParser(description="wsrelay's demo upstream")
     parser.add_argument("--port", type=int, default=9001)
     parser.add_argument("--interface", default="127.0.0.1")
     args = parser.parse_args(argv)
-    from twisted.internet import reactor
-
-    port = reactor.listenTCP(args.port, demo_site(reactor), interface=args.interface)  # type: ignore[attr-defined]
-    address = port.getHost()
-    sys.stdout.write(f"demo upstream listening on http://{address.host}:{address.port}/\n")
-    sys.stdout.flush()
-    reactor.run()  # type: ignore[attr-defined]
+    react(serve, (args.port, args.interface))
 
 
 if __name__ == "__main__":
