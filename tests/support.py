@@ -17,6 +17,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +67,18 @@ class LineReader:
     def wait_ended(self, timeout: float) -> bool:
         with self._changed:
             return self._changed.wait_for(lambda: self.ended, timeout)
+
+
+def poll_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Check ``predicate`` until it holds or ``timeout`` passes; for another process's state
+    (its /proc entries), which offers no event to wait on.  Returns the last result."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return predicate()
+        pause.wait(interval)
+    return True
 
 
 class Process:

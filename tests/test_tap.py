@@ -141,3 +141,13 @@ def test_sighup_reloads_routes_and_refuses_bad_config(start_relay: Callable[...,
     assert "[route /bad/] upstream: no [upstream missing] section" in line.string
     assert get(relay.port, "/new/")[0] == 308
     assert relay.popen.poll() is None
+
+
+def test_systemd_unit_runs_twistd_unprivileged() -> None:
+    """etc/wsrelay.service runs the documented twistd command as an unprivileged user, reloads with HUP."""
+    unit = (ROOT / "etc" / "wsrelay.service").read_text()
+    lines = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    assert lines["ExecStart"].endswith("twistd --nodaemon --pidfile= wsrelay --config /etc/wsrelay/relay.ini")
+    assert lines["User"] not in ("root", "0")
+    assert lines["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert "--check" in unit  # a bad configuration stops the start with one line

@@ -344,3 +344,18 @@ redirect = 301
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
     assert f"[certificate old] cert: {cert}: the certificate expired" in result.stderr
+
+
+def test_openssl_s_client_sees_a_verified_tls13_session(ca: CA, tls_relay: RelayProcess) -> None:
+    """openssl s_client, an independent TLS client, completes a verified handshake with SNI."""
+    import subprocess
+
+    port = tls_port(tls_relay)
+    result = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "x.b.test",
+         "-CAfile", str(ca.pem), "-verify_return_error", "-alpn", "h2,http/1.1"],
+        input="", capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr[-500:]
+    assert "Verify return code: 0 (ok)" in result.stdout
+    assert "ALPN protocol: http/1.1" in result.stdout
+    assert "TLSv1.3" in result.stdout

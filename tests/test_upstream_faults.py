@@ -1,0 +1,55 @@
+"""Upstream faults with real processes: an upstream that dies under 100 relayed WebSockets, and an
+upstream group that loses a server mid-traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from tests.support import RelayProcess, UpstreamProcess, poll_until
+
+
+def test_upstream_death_under_100_websockets(tmp_path: Path, start_relay: Callable[..., RelayProcess]) -> None:
+    """Killing the upstream under 100 live relayed WebSockets: every client gets a close frame
+    (1011), and wsrelay's open file descriptors return to their baseline."""
+    upstream = UpstreamProcess(tmp_path)
+    try:
+        relay = start_relay(f"""
+[wsrelay]
+listen = tcp:0:interface=127.0.0.1
+access_log = off
+[upstream demo]
+servers = 127.0.0.1:{upstream.port}
+[route /]
+upstream = demo
+""")
+        baseline = relay.open_fds()
+
+        async def go() -> list[int | None]:
+            clients = [await websockets.connect(f"ws://127.0.0.1:{relay.port}/ws/echo") for _ in range(100)]
+            for i, ws in enumerate(clients):
+                await ws.send(f"m{i}")
+            assert [await ws.recv() for ws in clients] == [f"m{i}" for i in range(100)]
+            assert relay.open_fds() >= baseline + 200  # both legs of every pair
+            upstream.popen.send_signal(signal.SIGKILL)
+
+            async def closed(ws: websockets.ClientConnection) -> int | None:
+                try:
+                    await ws.recv()
+                except ConnectionClosed:
+                    pass
+                return ws.close_code
+
+            return await asyncio.gather(*(closed(ws) for ws in clients))
+
+        codes = asyncio.run(asyncio.wait_for(go(), timeout=60))
+        assert codes == [1011] * 100
+        # Every socket of the 100 pairs is released.
+        assert poll_until(lambda: relay.open_fds() <= baseline), (relay.open_fds(), baseline)
+    finally:
+        upstream.stop()
