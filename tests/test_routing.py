@@ -1,0 +1,94 @@
+"""Route choice, in memory: host and path precedence, exact routes, normalisation."""
+
+from __future__ import annotations
+
+import pytest
+
+from wsrelay import config
+from wsrelay.errors import BadRequest
+from wsrelay.routing import Router, normalize_host, normalize_path
+
+ROUTES = """
+[wsrelay]
+listen = tcp:0
+[upstream u]
+servers = 127.0.0.1:1
+[route /]
+upstream = u
+[route /chat/]
+upstream = u
+[route /chat/admin/]
+upstream = u
+[route =/chat/exact]
+upstream = u
+[route wild]
+path = /
+host = *.example.com
+upstream = u
+[route deeper-wild]
+path = /
+host = *.eu.example.com
+upstream = u
+[route exact-host]
+path = /
+host = www.example.com
+upstream = u
+"""
+
+
+@pytest.fixture(scope="module")
+def router() -> Router:
+    return Router(config.parse(ROUTES).routes)
+
+
+@pytest.mark.parametrize("host, path, name", [
+    (None, "/", "/"),
+    (None, "/chat/x", "/chat/"),
+    (None, "/chat/admin/users", "/chat/admin/"),  # the longest prefix wins
+    (None, "/chat/exact", "=/chat/exact"),  # exact beats every prefix
+    (None, "/chat/exact/more", "/chat/"),
+    ("api.example.com", "/chat/x", "wild"),  # any host-specific route beats host-less ones
+    ("a.eu.example.com", "/", "deeper-wild"),  # the longer wildcard wins
+    ("www.example.com", "/chat/", "exact-host"),  # an exact host beats wildcards
+    ("example.com", "/chat/x", "/chat/"),  # *.example.com does not match the bare domain
+    ("other.test", "/chat/x", "/chat/"),
+])
+def test_most_specific_route_wins(router: Router, host: str | None, path: str, name: str) -> None:
+    """Host first (exact > longer wildcard > any), then path (exact > longest prefix)."""
+    route = router.match(host, path)
+    assert route is not None and route.name == name
+
+
+def test_no_route_is_none() -> None:
+    """A request no route matches gets None (the site answers 404)."""
+    cfg = config.parse(ROUTES.replace("[route /]\nupstream = u\n", ""))
+    assert Router(cfg.routes).match(None, "/elsewhere") is None
+
+
+@pytest.mark.parametrize("raw, path", [
+    (b"/a/b?q=1", "/a/b"),
+    (b"/a//b/./c/", "/a/b/c/"),
+    (b"/chat/../admin", "/admin"),
+    (b"/%63hat/x", "/chat/x"),  # percent-decoded before matching
+    (b"/a/b/..", "/a/"),
+    (b"/", "/"),
+])
+def test_normalize_path(raw: bytes, path: str) -> None:
+    """Paths are matched decoded, with dot-segments resolved and slashes merged."""
+    assert normalize_path(raw) == path
+
+
+@pytest.mark.parametrize("raw", [b"/../etc/passwd", b"/a/%2e%2e/%2e%2e/x", b"http://example.com/", b"*", b"/a%00b"])
+def test_bad_paths_are_400(raw: bytes) -> None:
+    """Targets that climb above the root, are not origin-form or hold NUL are refused with 400."""
+    with pytest.raises(BadRequest):
+        normalize_path(raw)
+
+
+@pytest.mark.parametrize("raw, host", [
+    (b"Example.COM", "example.com"), (b"example.com:8080", "example.com"), (b"example.com.", "example.com"),
+    (b"[::1]:443", "::1"), (None, None),
+])
+def test_normalize_host(raw: bytes | None, host: str | None) -> None:
+    """Host values are compared lower-case, without port or trailing dot."""
+    assert normalize_host(raw) == host
