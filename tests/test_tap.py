@@ -151,3 +151,64 @@ def test_systemd_unit_runs_twistd_unprivileged() -> None:
     assert lines["User"] not in ("root", "0")
     assert lines["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert "--check" in unit  # a bad configuration stops the start with one line
+
+
+def test_reload_adds_and_removes_listeners_and_keeps_open_websockets(
+        start_relay: Callable[..., RelayProcess], tmp_path: Path) -> None:
+    """A reload starts added listeners and stops removed ones; an open WebSocket carries on through it;
+    SIGTERM then closes it with 1001 after the drain time."""
+    import asyncio
+
+    import websockets
+    from websockets.exceptions import ConnectionClosed
+
+    from tests.support import UpstreamProcess
+
+    upstream = UpstreamProcess(tmp_path)
+    try:
+        base = f"""
+[wsrelay]
+listen = tcp:0:interface=127.0.0.1
+drain_timeout = 1s
+[upstream demo]
+servers = 127.0.0.1:{upstream.port}
+[route /]
+upstream = demo
+"""
+        relay = start_relay(base)
+        extra = "[listener extra]\nendpoint = tcp:0:interface=127.0.0.1\n"
+
+        async def go() -> int | None:
+            ws = await websockets.connect(f"ws://127.0.0.1:{relay.port}/ws/echo")
+            await ws.send("before")
+            assert await ws.recv() == "before"
+            write_config(tmp_path, base + extra)
+            relay.signal(signal.SIGHUP)
+            relay.wait_listening(count=2)  # the added listener
+            extra_port = int(relay.urls[1].rstrip("/").rsplit(":", 1)[1])
+            assert get(extra_port, "/api/info")[0] == 200
+            await ws.send("during")
+            assert await ws.recv() == "during"
+            mark = len(relay.output.lines)
+            write_config(tmp_path, base)
+            relay.signal(signal.SIGHUP)
+            relay.output.wait_for("listener extra removed", start=mark)
+            relay.output.wait_for("configuration reloaded", start=mark)
+            try:
+                get(extra_port, "/")
+                raise AssertionError("the removed listener still answers")
+            except OSError:
+                pass
+            await ws.send("after")
+            assert await ws.recv() == "after"
+            relay.signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(ws.recv(), 10)
+            except ConnectionClosed:
+                pass
+            return ws.close_code
+
+        assert asyncio.run(asyncio.wait_for(go(), 60)) == 1001
+        assert relay.wait(15) in (0, -signal.SIGTERM)
+    finally:
+        upstream.stop()
