@@ -224,24 +224,9 @@ class RelayService(MultiService):
         if self.gateway.live:
             self.log.info("draining {n} open exchanges for up to {t}s", n=len(self.gateway.live),
                           t=self.config.drain_timeout)
-            idle = self.gateway.when_idle()
-            timer = self.reactor.callLater(self.config.drain_timeout, idle.cancel)
-            try:
-                yield idle
-            except Exception:
-                pass
-            if timer.active():
-                timer.cancel()
+            yield self._idle_within(self.config.drain_timeout)
             self.gateway.shutdown_all()
-            # Give the close frames a bounded moment to go out.
-            idle = self.gateway.when_idle()
-            timer = self.reactor.callLater(2.0, idle.cancel)
-            try:
-                yield idle
-            except Exception:
-                pass
-            if timer.active():
-                timer.cancel()
+            yield self._idle_within(2.0)  # a bounded moment for the close frames to go out
         self.gateway.close()
         if workers_stopped is not None:
             yield workers_stopped
@@ -251,6 +236,18 @@ class RelayService(MultiService):
         # before buffered log output would be written: flush it now.
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+    def _idle_within(self, seconds: float) -> Deferred[None]:
+        """Fires when no exchange is live, or after ``seconds``, whichever comes first."""
+        idle = self.gateway.when_idle()
+        timer = self.reactor.callLater(seconds, idle.cancel)
+
+        def done(result: object) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return idle.addBoth(done)
 
 
 async def _stop(port: IListeningPort) -> None:
