@@ -322,3 +322,23 @@ def test_websocket_access_log_and_demo_through_real_process(relay: RelayProcess)
             await ws.recv()
     run(go())
     relay.output.wait_for(r'"GET /echo HTTP/1.1" 101 \d+ .* upstream=127\.0\.0\.1:\d+ rt=')
+
+
+def test_handshake_retried_on_next_server(wsup: ScriptedWebSocketUpstream,
+                                          start_relay: Callable[..., RelayProcess]) -> None:
+    """An unreachable server is skipped: the WebSocket handshake is retried on the next one."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()
+    relay = start_relay(config(wsup.port).replace(
+        f"servers = 127.0.0.1:{wsup.port}", f"servers = 127.0.0.1:{dead_port} 127.0.0.1:{wsup.port}").replace(
+        "retries = 0", "retries = 1"))
+
+    async def go() -> None:
+        for i in range(3):
+            async with websockets.connect(f"ws://127.0.0.1:{relay.port}/echo") as ws:
+                await ws.send(f"try {i}")
+                assert await ws.recv() == f"try {i}"
+    run(go())
+    assert wsup.connections == 3
