@@ -562,6 +562,21 @@ def test_messages_in_flight_reach_a_closing_client() -> None:
     assert client.close()[:3] == ("close", True, 1000)
 
 
+def test_ping_after_close_is_not_answered() -> None:
+    """A client that pings after its close frame gets no pong (RFC 6455 5.5.1, Autobahn 7.1.3),
+    even while its close waits for the upstream's answer; the close itself is still answered."""
+    h = Harness()
+    client = h.raw_client(handshake())
+    h.accept_upstream()
+    h.pumps[-1].pump()  # hold the upstream hop: the client's close stays unanswered for now
+    client.transport.write(frame(8, (1000).to_bytes(2, "big")) + frame(9, b"still there?"))
+    h.pumps[0].pump()
+    assert not [f for f in client.frames if f[1] == 10]
+    h.settle()
+    assert [f[1] for f in client.frames] == [8]
+    assert client.frames[0][2][:2] == (1000).to_bytes(2, "big")
+
+
 def test_upstream_lost_without_close_gives_client_1011() -> None:
     """The upstream's TCP connection ends without a close frame: the client gets 1011."""
     h = Harness()

@@ -208,6 +208,7 @@ class _Leg:
     side: str
     pair: _Pair | None = None
     read_paused = False  # the other leg's transport is full: wsrelay stopped reading this one
+    peer_closed = False  # the peer sent a close frame that waits for the other side's answer
     _in_size = 0
 
     # -- receiving (Autobahn callbacks) ------------------------------------------------------
@@ -259,8 +260,15 @@ class _Leg:
             reason = reasonRaw.decode("utf-8")
         self.remoteCloseCode, self.remoteCloseReason = code, reason or None
         self.wasClean = True
+        self.peer_closed = True
         pair.close_received(self.side, code, reason)
         return None
+
+    def onPing(self, payload: bytes) -> None:
+        # RFC 6455 section 5.5.1: after a close frame the peer sends nothing; a ping it sends
+        # anyway is not answered while its close waits for the other side's answer.
+        if not self.peer_closed:
+            super().onPing(payload)  # type: ignore[misc]
 
     def _fail_connection(self, code: int = CLOSE_GOING_AWAY, reason: str = "going away") -> None:
         first = self.state != WebSocketProtocol.STATE_CLOSED and not self.failedByMe  # type: ignore[attr-defined]
