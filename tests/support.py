@@ -135,6 +135,16 @@ class Process:
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def fd_targets(self) -> list[str]:
+        """What each open descriptor is (for failure messages)."""
+        found = []
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                found.append(f"{fd}->{os.readlink(f'/proc/{self.pid}/fd/{fd}')}")
+            except OSError:
+                pass
+        return found
+
 
 class RelayProcess(Process):
     """``twistd -n --pidfile= wsrelay --config PATH`` and the URLs it listens on."""
