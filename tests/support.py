@@ -135,6 +135,16 @@ class Process:
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def open_connections(self, port: int) -> int:
+        """TCP connections to local ``port`` still open at wsrelay's end (ESTABLISHED or CLOSE_WAIT),
+        from /proc/net/tcp."""
+        count = 0
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, state = int(fields[1].rsplit(":", 1)[1], 16), fields[3]
+            count += local_port == port and state in ("01", "08")
+        return count
+
     def fd_targets(self) -> list[str]:
         """What each open descriptor is (for failure messages)."""
         found = []

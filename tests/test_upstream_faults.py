@@ -1,5 +1,7 @@
-"""Upstream faults with real processes: an upstream that dies under 100 relayed WebSockets, and an
-upstream group that loses a server mid-traffic."""
+"""Upstream faults with real processes: an upstream that dies under 100 relayed WebSockets.
+
+(Refused, silent and resetting upstreams are in test_integration_http.py and test_ws_process.py;
+balancing around a dead server in test_balancing.py.)"""
 
 from __future__ import annotations
 
@@ -30,9 +32,11 @@ servers = 127.0.0.1:{upstream.port}
 upstream = demo
 """)
         # One request first: the reactor is then surely running, with the descriptors it opens
-        # once at start-up (its signal pipe) already counted in the baseline.
+        # once at start-up (its signal pipe) and the pooled upstream connection in the baseline,
+        # read once wsrelay has closed its end of that request's connection.
         with urllib.request.urlopen(f"http://127.0.0.1:{relay.port}/api/info", timeout=10) as response:
             assert response.status == 200
+        assert poll_until(lambda: relay.open_connections(relay.port) == 0)
         baseline = relay.open_fds()
 
         async def go() -> list[int | None]:
