@@ -1,10 +1,10 @@
 """An echoing Autobahn WebSocket client that drives a fuzzingserver's cases (through wsrelay).
 
-Usage: python -m tests.autobahn_testee ws://127.0.0.1:PORT AGENT
+Usage: python -m tests.autobahn_testee ws://127.0.0.1:PORT AGENT [PARALLEL]
 
-It asks ``/getCaseCount``, runs every case at ``/runCase?case=N&agent=AGENT`` echoing each message
-as it came, then calls ``/updateReports?agent=AGENT``.  Each connection has a time bound; the
-process exits 0 when the run completed, 1 otherwise.
+It asks ``/getCaseCount``, runs every case at ``/runCase?case=N&agent=AGENT`` (PARALLEL at a
+time, default 1) echoing each message as it came, then calls ``/updateReports?agent=AGENT``.  Each
+connection has a time bound; the process exits 0 when the run completed, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from autobahn.websocket.compress import (
     PerMessageDeflateResponseAccept,
 )
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, inlineCallbacks
 
 CASE_TIMEOUT = 120.0
 
@@ -59,20 +59,22 @@ def visit(url: str, echo: bool) -> Deferred[list[bytes]]:
 
 
 @inlineCallbacks
-def run(base: str, agent: str):  # type: ignore[no-untyped-def]
+def run(base: str, agent: str, parallel: int):  # type: ignore[no-untyped-def]
     messages = yield visit(f"{base}/getCaseCount", echo=False)
     count = int(messages[0])
-    sys.stdout.write(f"running {count} cases\n")
+    sys.stdout.write(f"running {count} cases, {parallel} at a time\n")
     sys.stdout.flush()
-    for case in range(1, count + 1):
-        yield visit(f"{base}/runCase?case={case}&agent={agent}", echo=True)
+    slots = DeferredSemaphore(parallel)
+    yield gatherResults([slots.run(visit, f"{base}/runCase?case={case}&agent={agent}", True)
+                         for case in range(1, count + 1)])
     yield visit(f"{base}/updateReports?agent={agent}", echo=False)
 
 
 def main() -> None:
     base, agent = sys.argv[1], sys.argv[2]
+    parallel = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     status = []
-    d = run(base, agent)
+    d = run(base, agent, parallel)
     d.addCallbacks(lambda _: status.append(0), lambda f: (sys.stderr.write(f.getTraceback()), status.append(1)))
     d.addBoth(lambda _: reactor.stop())
     reactor.run()
