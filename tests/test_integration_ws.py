@@ -81,6 +81,7 @@ class ScriptedUpstream:
     def __init__(self) -> None:
         self.requests: list[Any] = []
         self.closes: list[tuple[int | None, str]] = []
+        self.closed = asyncio.Event()  # set at the first recorded close
         self.sent = 0
         self.connections = 0
 
@@ -107,6 +108,12 @@ class ScriptedUpstream:
             if ws.close_code is not None or path == "/wait":
                 await ws.wait_closed()
                 self.closes.append((ws.close_code, ws.close_reason))
+                self.closed.set()
+
+    async def first_close(self, timeout: float = 5.0) -> tuple[int | None, str]:
+        """How the first connection that ended ended; waits for it at most ``timeout`` seconds."""
+        await asyncio.wait_for(self.closed.wait(), timeout)
+        return self.closes[0]
 
     async def start(self) -> int:
         self.server = await serve(self.handler, "127.0.0.1", 0, compression=None, ping_interval=None,
@@ -254,11 +261,8 @@ def test_client_close_code_reaches_upstream(code: int, start_relay: Callable[...
     async def body(relay: RelayProcess, upstream: ScriptedUpstream) -> None:
         async with connect(url(relay, "/wait"), proxy=None) as ws:
             await ws.close(code, "client says bye")
-        for _ in range(100):
-            if upstream.closes:
-                break
-            await asyncio.sleep(0.05)
-        assert upstream.closes == [(code, "client says bye")]
+        assert await upstream.first_close() == (code, "client says bye")
+        assert len(upstream.closes) == 1
 
     run(with_relay(start_relay, body))
 
@@ -277,11 +281,7 @@ def test_upstream_vanishing_gives_client_1011_and_client_vanishing_gives_upstrea
         writer.write(raw_handshake("/wait"))
         assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
         writer.transport.abort()
-        for _ in range(100):
-            if upstream.closes:
-                break
-            await asyncio.sleep(0.05)
-        assert upstream.closes[0][0] == 1001
+        assert (await upstream.first_close())[0] == 1001
 
     run(with_relay(start_relay, body))
 
@@ -331,11 +331,7 @@ def test_oversized_message_gets_1009(start_relay: Callable[..., RelayProcess]) -
             with pytest.raises(ConnectionClosed):
                 await ws.recv()
             assert ws.close_code == 1009
-        for _ in range(100):
-            if upstream.closes:
-                break
-            await asyncio.sleep(0.05)
-        assert upstream.closes[0][0] == 1001
+        assert (await upstream.first_close())[0] == 1001
 
     run(with_relay(start_relay, body, extra="ws_max_message_size = 1M\nws_max_frame_size = 1M"))
 
