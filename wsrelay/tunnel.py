@@ -19,24 +19,16 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 from typing import Any
 
-from twisted.internet import error as neterror
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from wsrelay import headers as H
-from wsrelay.accesslog import format_line
-from wsrelay.answers import answer_error
 from wsrelay.config import Route, Upstream
-from wsrelay.connect import upstream_endpoint
-from wsrelay.errors import CLOSE_GOING_AWAY, BadGateway, GatewayTimeout, ProxyError, ServiceUnavailable
-
-log = Logger()
+from wsrelay.errors import CLOSE_GOING_AWAY, BadGateway
+from wsrelay.upgrade import Upgrade
 
 MAX_RESPONSE_HEAD = 65536
 
@@ -167,69 +159,23 @@ class _ClientSide(Protocol):
         self.tunnel.side_lost("client", reason)
 
 
-class Tunnel:
+class Tunnel(Upgrade):
     """One tunnelled WebSocket connection."""
+
+    kind = "tunnel"
 
     def __init__(self, gw: Any, request: Request, route: Route, upstream: Upstream, scheme: str,
                  raw: list[tuple[bytes, bytes]]) -> None:
-        self.gw = gw
-        self.reactor = gw.gateway.reactor
-        self.request = request
-        self.route = route
-        self.upstream = upstream
-        self.scheme = scheme
-        self.raw = raw
-        self.client_ip = getattr(request.getClientAddress(), "host", "127.0.0.1")
-        self.tried: list[str] = []
-        self.lease: Any = None
-        self.connecting: Any = None
+        super().__init__(gw, request, route, upstream, scheme, raw)
         self.up: _UpstreamSide | None = None
         self.client_transport: Any = None
-        self.answered = False
-        self.ended = False
         self.lost: set[str] = set()
-        self.timer: Any = None
-        self.idle_timer: Any = None
-        self.last_activity = 0.0
-        self.started = time.monotonic()
-        self.sent_to_client = 0
+        self.sent = 0
         self.to_client_frames = FrameTracker()
         self.to_upstream_frames = FrameTracker()
-        self.metrics = gw.metrics
 
-    def start(self) -> None:
-        self.gw.gateway.opened(self)
-        self.request.notifyFinish().addErrback(lambda _: self.client_left_early())
-        self.timer = self.reactor.callLater(self.route.websocket.handshake_timeout, self.handshake_timed_out)
-        self.connect()
-
-    def connect(self) -> None:
-        try:
-            self.lease = self.gw.gateway.balancer.acquire(self.route.upstream, client_ip=self.client_ip,
-                                                         headers=self.raw, exclude=self.tried)
-        except ProxyError as e:
-            self.refuse(e)
-            return
-        server = self.lease.server
-        self.tried.append(server.key)
-        self.request.wsrelay_upstream = server.hostport  # type: ignore[attr-defined]
-        endpoint = upstream_endpoint(self.reactor, self.upstream, server, self.route.connect_timeout)
-        self.connecting = endpoint.connect(_QuietFactory.forProtocol(lambda: _UpstreamSide(self)))
-        self.connecting.addErrback(self.connect_failed)
-
-    def connect_failed(self, reason: Failure) -> None:
-        self.connecting = None
-        if self.answered:
-            return
-        self.lease.failure("connect error")
-        self.lease.release()
-        self.lease = None
-        if len(self.tried) <= self.route.retries:
-            self.connect()
-            return
-        timeout = reason.check(neterror.TimeoutError) is not None
-        self.refuse((GatewayTimeout if timeout else BadGateway)(
-            f"WebSocket upstream unreachable: {reason.getErrorMessage()}"))
+    def upstream_factory(self) -> Factory:
+        return _QuietFactory.forProtocol(lambda: _UpstreamSide(self))
 
     def upstream_connected(self, up: _UpstreamSide) -> None:
         if self.answered:
@@ -245,65 +191,37 @@ class Tunnel:
         up.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
 
     def upstream_answered(self, head: bytes, rest: bytes) -> None:
-        status_line = head.split(b"\r\n", 1)[0]
-        parts = status_line.split(b" ", 2)
-        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-        if status != 101:
-            error = ProxyError(f"upstream refused the WebSocket handshake: {status_line[:100]!r}")
-            if status >= 400:
-                error.status, error.reason = status, (parts[2] if len(parts) > 2 else b"Refused").decode("latin-1")[:60]
-            else:
-                error = BadGateway(f"upstream answered the handshake with {status_line[:100]!r}")
-            self.refuse(error)
+        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or parts[1] != "101":
+            self.handshake_refused(status_line, "not a 101")
             return
         self.lease.success()
-        self.take_over(response_head(head, self.lease.set_cookie()), rest)
+        self.open_tunnel(response_head(head, self.lease.set_cookie()), rest)
 
-    def take_over(self, head: bytes, first: bytes) -> None:
-        request = self.request
-        channel = request.channel
-        transport = channel.transport if channel is not None else None
-        if (transport is None or not getattr(transport, "connected", True)
-                or getattr(transport, "disconnecting", False)):
-            self.client_left_early()
+    def open_tunnel(self, head: bytes, first: bytes) -> None:
+        taken = self.take_over(lambda transport: _ClientSide(self))
+        if taken is None:
             return
-        self.answered = True
-        self.cancel_timer()
-        request.wsrelay_websocket = True  # type: ignore[attr-defined]
-        pending = b"".join(channel._dataBuffer)
-        channel._dataBuffer = []
-        channel.transport = None
-        transport.unregisterProducer()
-        side = _ClientSide(self)
-        if isinstance(transport, ProtocolWrapper):
-            transport.wrappedProtocol = side
-        elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
-            transport.protocol.wrappedProtocol = side
-        else:
-            transport.protocol = side
-        side.makeConnection(transport)
+        transport, pending = taken
         self.client_transport = transport
         assert self.up is not None
         up = self.up.transport
         transport.registerProducer(_Pauser(up), True)
         up.registerProducer(_Pauser(transport), True)
-        transport.resumeProducing()
-        self.last_activity = self.reactor.seconds()
-        self.sent_to_client += len(head)
+        self.sent += len(head)
         transport.write(head)
+        self.now_open()
         if first:
             self.to_client(first)
         if pending:
             self.to_upstream(pending)
-        if self.route.websocket.idle_timeout:
-            self.idle_timer = self.reactor.callLater(self.route.websocket.idle_timeout, self.check_idle)
-        self.gw.metrics.opened(self.route.name)
 
     def to_client(self, data: bytes) -> None:
         if self.client_transport is None:
             return
         self.last_activity = self.reactor.seconds()
-        self.sent_to_client += len(data)
+        self.sent += len(data)
         self.to_client_frames.feed(data)
         self.metrics.received(self.route.name, "upstream", len(data), message=False)
         self.metrics.sent(self.route.name, "client", len(data))
@@ -318,29 +236,19 @@ class Tunnel:
         self.metrics.sent(self.route.name, "upstream", len(data))
         self.up.transport.write(data)
 
-    def check_idle(self) -> None:
-        idle = self.route.websocket.idle_timeout
-        assert idle is not None
-        quiet = self.reactor.seconds() - self.last_activity if self.last_activity else idle
-        if quiet < idle:
-            self.idle_timer = self.reactor.callLater(idle - quiet, self.check_idle)
-            return
-        self.idle_timer = None
-        log.info("route {route}: tunnel idle for {idle}s, closing both sides", route=self.route.name, idle=idle)
-        self.close_both()
-
-    def close_both(self, reason: bytes = b"idle timeout") -> None:
+    def close_both(self, reason: str) -> None:
         """A 1001 close frame to each side where one may go (see the module docstring), then close."""
+        why = reason.encode("utf-8")
         if self.client_transport is not None:
             if self.to_client_frames.at_boundary and not self.to_client_frames.close_seen:
                 self.to_client_frames.close_seen = True
-                self.client_transport.write(close_frame(CLOSE_GOING_AWAY, reason, masked=False))
+                self.client_transport.write(close_frame(CLOSE_GOING_AWAY, why, masked=False))
                 self.metrics.close_out(self.route.name, "client", CLOSE_GOING_AWAY)
             self.client_transport.loseConnection()
         if self.up is not None and self.up.transport is not None:
             if self.to_upstream_frames.at_boundary and not self.to_upstream_frames.close_seen:
                 self.to_upstream_frames.close_seen = True
-                self.up.transport.write(close_frame(CLOSE_GOING_AWAY, reason, masked=True))
+                self.up.transport.write(close_frame(CLOSE_GOING_AWAY, why, masked=True))
                 self.metrics.close_out(self.route.name, "upstream", CLOSE_GOING_AWAY)
             self.up.transport.loseConnection()
 
@@ -358,17 +266,6 @@ class Tunnel:
         if {"client", "upstream"} <= self.lost or (side == "client" and self.up is None):
             self.end()
 
-    def handshake_timed_out(self) -> None:
-        self.timer = None
-        if not self.answered:
-            self.refuse(GatewayTimeout(f"no WebSocket handshake from upstream within "
-                                       f"{self.route.websocket.handshake_timeout}s"))
-
-    def cancel_timer(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-
     def abort_upstream(self) -> None:
         if self.connecting is not None and not self.connecting.called:
             self.connecting.cancel()
@@ -376,52 +273,5 @@ class Tunnel:
             self.lost.add("upstream")
             self.up.transport.abortConnection()
 
-    def refuse(self, error: ProxyError) -> None:
-        if self.answered:
-            return
-        self.answered = True
-        self.cancel_timer()
-        if error.status >= 500:
-            log.warn("route {route} upstream {upstream}: {detail}", route=self.route.name,
-                     upstream=self.upstream.name, detail=error.detail)
-        self.abort_upstream()
-        request = self.request
-        if request.channel is not None and not request.finished:
-            request.write(answer_error(request, error))
-            request.finish()
-        self.end()
-
-    def client_left_early(self) -> None:
-        if self.answered:
-            return
-        self.answered = True
-        self.cancel_timer()
-        self.abort_upstream()
-        self.end()
-
-    def end(self) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        if self.idle_timer is not None and self.idle_timer.active():
-            self.idle_timer.cancel()
-        if self.lease is not None:
-            self.lease.release()
-        if self.client_transport is not None:
-            request = self.request
-            self.gw.gateway.access_log.write(format_line(
-                client=self.client_ip, when=time.time(), method=request.method, target=request.uri,
-                protocol=request.clientproto, status=101, sent=self.sent_to_client,
-                referer=request.getHeader(b"referer"), user_agent=request.getHeader(b"user-agent"),
-                upstream=self.lease.server.hostport if self.lease is not None else None,
-                duration=time.monotonic() - self.started,
-            ))
-            self.gw.metrics.ended(self.route.name)
-        self.gw.gateway.closed(self)
-
-    def shutdown(self) -> None:
-        """wsrelay is stopping: 1001 close frames to both sides (or 503 to a pending handshake)."""
-        if self.client_transport is None:
-            self.refuse(ServiceUnavailable("shutting down"))
-        else:
-            self.close_both(b"server shutting down")
+    def sent_to_client(self) -> int:
+        return self.sent

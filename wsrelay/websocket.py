@@ -38,7 +38,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import time
 from typing import Any
 
 import txaio
@@ -58,28 +57,19 @@ from autobahn.websocket.compress import (
 from autobahn.websocket.protocol import WebSocketProtocol, _url_to_origin
 from autobahn.websocket.types import ConnectingRequest
 from autobahn.websocket.utf8validator import Utf8Validator
-from twisted.internet import defer
-from twisted.internet import error as neterror
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from wsrelay import headers as H
-from wsrelay.accesslog import format_line
-from wsrelay.answers import answer_error
 from wsrelay.config import Route, Upstream
-from wsrelay.connect import upstream_endpoint
 from wsrelay.errors import (
     CLOSE_GOING_AWAY,
     BadGateway,
     BadRequest,
     Forbidden,
-    GatewayTimeout,
-    ProxyError,
-    ServiceUnavailable,
     UpgradeRequired,
 )
 from wsrelay.metrics import WebSocketMetrics
@@ -95,6 +85,7 @@ from wsrelay.relay import (
     SendFrame,
     SendMessage,
 )
+from wsrelay.upgrade import Upgrade
 
 log = Logger()
 
@@ -163,12 +154,6 @@ def _accept_deflate_response(response: Any) -> Any:
     if isinstance(response, PerMessageDeflateResponse):
         return PerMessageDeflateResponseAccept(response)
     return None
-
-
-def _reason_text(reason: Failure | BaseException | str) -> str:
-    if isinstance(reason, Failure):
-        return reason.getErrorMessage() or reason.type.__name__
-    return str(reason)
 
 
 @implementer(IPushProducer)
@@ -407,77 +392,28 @@ class _UpstreamFactory:
         return proto
 
 
-class _Pair:
+class _Pair(Upgrade):
     """One client WebSocket and its upstream WebSocket, from handshake to the last close."""
 
     def __init__(self, gw: WebSocketGateway, request: Request, route: Route, upstream: Upstream, scheme: str,
                  raw: list[tuple[bytes, bytes]], protocols: list[bytes]) -> None:
-        self.gw = gw
-        self.reactor = gw.gateway.reactor
-        self.metrics = gw.metrics
-        self.request = request
-        self.route = route
-        self.upstream = upstream
-        self.scheme = scheme
-        self.raw = raw
+        super().__init__(gw, request, route, upstream, scheme, raw)
         self.protocols = protocols
-        self.client_ip = getattr(request.getClientAddress(), "host", "127.0.0.1")
-        self.tried: list[str] = []
-        self.lease: Any = None
-        self.connecting: Any = None
         self.upstream_leg: UpstreamLeg | None = None
         self.client_leg: ClientLeg | None = None
         self.legs: dict[str, _Leg] = {}
         self.upstream_response: Any = None
         self.relay = Relay()
-        self.timer: Any = None
-        self.idle_timer: Any = None
-        self.last_activity = 0.0
-        self.started = time.monotonic()
-        self.answered = False  # the client has its answer: an HTTP refusal, or the takeover
-        self.opened = False
-        self.ended = False
         self.closed_legs: set[str] = set()
 
     # -- handshake -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self.gw.gateway.opened(self)
-        self.request.notifyFinish().addErrback(lambda _: self.client_left_early())
-        self.timer = self.reactor.callLater(self.route.websocket.handshake_timeout, self.handshake_timed_out)
-        self.connect()
-
-    def connect(self) -> None:
-        try:
-            self.lease = self.gw.gateway.balancer.acquire(self.route.upstream, client_ip=self.client_ip,
-                                                         headers=self.raw, exclude=self.tried)
-        except ProxyError as e:
-            self.refuse(e)
-            return
-        server = self.lease.server
-        self.tried.append(server.key)
-        self.request.wsrelay_upstream = server.hostport  # type: ignore[attr-defined]
-        factory = _UpstreamFactory(self.gw.client_factory(self.route, self.upstream), self)
-        endpoint = upstream_endpoint(self.reactor, self.upstream, server, self.route.connect_timeout)
-        self.connecting = endpoint.connect(factory)
-        self.connecting.addErrback(self.connect_failed)
+    def upstream_factory(self) -> _UpstreamFactory:
+        return _UpstreamFactory(self.gw.client_factory(self.route, self.upstream), self)
 
     def connect_failed(self, reason: Failure) -> None:
-        self.connecting = None
         self.upstream_leg = None
-        if self.answered or reason.check(defer.CancelledError):
-            return
-        self.lease.failure("connect error")
-        self.lease.release()
-        self.lease = None
-        if len(self.tried) <= self.route.retries:
-            log.info("route {route}: {server} unreachable ({reason}); trying another server",
-                     route=self.route.name, server=self.tried[-1], reason=_reason_text(reason))
-            self.connect()
-            return
-        timeout = reason.check(neterror.TimeoutError) is not None
-        error = (GatewayTimeout if timeout else BadGateway)(f"WebSocket upstream unreachable: {_reason_text(reason)}")
-        self.refuse(error)
+        super().connect_failed(reason)
 
     def rewrite_handshake(self, data: bytes) -> bytes:
         head, _, rest = data.partition(b"\r\n\r\n")
@@ -495,24 +431,9 @@ class _Pair:
         return b"\r\n".join([request_line, *passed, *keep]) + b"\r\n\r\n" + rest
 
     def upstream_refused(self, leg: UpstreamLeg, reason: str) -> None:
-        status_line = getattr(leg, "http_status_line", "") or ""
-        parts = status_line.split(" ", 2)
-        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 502
-        if self.lease is not None and status >= 500 and status in self.upstream.fail_statuses:
-            self.lease.failure(f"status {status}")
-        error: ProxyError
-        if not 400 <= status <= 599:
-            # a 101 that failed our checks (bad accept, unoffered subprotocol), or a redirect
-            error = BadGateway(f"upstream answered the WebSocket handshake with {status_line!r}: {reason}")
-        else:
-            error = ProxyError(f"upstream refused the WebSocket handshake: {status_line!r}")
-            error.status = status
-            error.reason = (parts[2] if len(parts) > 2 else "Refused")[:60].encode("ascii", "replace").decode()
-        log.info("route {route} upstream {upstream} server {server}: WebSocket handshake refused: {detail}",
-                 route=self.route.name, upstream=self.upstream.name, server=self.tried[-1], detail=reason)
         leg.pair = None
         self.upstream_leg = None
-        self.refuse(error)
+        self.handshake_refused(getattr(leg, "http_status_line", "") or "", reason)
 
     def upstream_opened(self, leg: UpstreamLeg) -> None:
         if self.answered:  # the client left, or was answered: end this leg
@@ -523,7 +444,7 @@ class _Pair:
         self.upstream_leg = leg
         self.legs[UPSTREAM] = leg
         self.feed(self.relay.opened(UPSTREAM))
-        self.take_over()
+        self.hand_over()
 
     def client_accept(self) -> Any:
         """The client leg's onConnect: the subprotocol the upstream chose, and its 101 headers."""
@@ -543,52 +464,35 @@ class _Pair:
             extra.setdefault("Set-Cookie", []).append(cookie.decode("latin-1"))
         return (chosen, extra) if extra else chosen
 
-    def take_over(self) -> None:
-        """Hand the client's connection from twisted.web to the client leg."""
-        request = self.request
-        channel = request.channel
-        transport = channel.transport if channel is not None else None
-        if (transport is None or not getattr(transport, "connected", True)
-                or getattr(transport, "disconnecting", False)):
-            self.client_left_early()
-            return
-        self.answered = True
-        self.cancel_timer()
-        request.wsrelay_websocket = True  # type: ignore[attr-defined]
+    def client_leg_for(self, transport: Any) -> ClientLeg:
         leg = self.gw.server_factory(self.route).buildProtocol(transport.getPeer())
         leg.pair = self
         self.client_leg = leg
         self.legs[CLIENT] = leg
-        pending = b"".join(channel._dataBuffer)
-        channel._dataBuffer = []
-        channel.transport = None
-        transport.unregisterProducer()  # twisted.web's channel was the transport's producer
-        if isinstance(transport, ProtocolWrapper):
-            transport.wrappedProtocol = leg
-        elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
-            transport.protocol.wrappedProtocol = leg
-        else:
-            transport.protocol = leg
-        leg.makeConnection(transport)
-        transport.resumeProducing()
+        return leg
+
+    def hand_over(self) -> None:
+        """The client leg takes the client's connection and reads its handshake again."""
+        taken = self.take_over(self.client_leg_for)
+        if taken is None:
+            return
+        _, pending = taken
+        assert self.client_leg is not None
+        request = self.request
         head = [request.method + b" " + request.uri + b" HTTP/1.1"]
         extensions = [v for n, v in self.raw if n.lower() == b"sec-websocket-extensions"]
         head += [name + b": " + value for name, value in self.raw if name.lower() != b"sec-websocket-extensions"]
         if extensions:  # Autobahn refuses repeated lines; RFC 6455 section 9.1 allows them
             head.append(b"Sec-WebSocket-Extensions: " + b", ".join(extensions))
-        leg.dataReceived(b"\r\n".join(head) + b"\r\n\r\n" + pending)
+        self.client_leg.dataReceived(b"\r\n".join(head) + b"\r\n\r\n" + pending)
 
     def client_opened(self) -> None:
         client, upstream = self.client_leg, self.upstream_leg
         assert client is not None and upstream is not None
-        self.opened = True
-        self.metrics.opened(self.route.name)
         if upstream.transport is not None:
             client.transport.registerProducer(_Pauser(upstream), True)
             upstream.transport.registerProducer(_Pauser(client), True)
-        self.last_activity = self.reactor.seconds()
-        if self.route.websocket.idle_timeout:
-            self.idle_timer = self.reactor.callLater(self.route.websocket.idle_timeout, self.check_idle)
+        self.now_open()
         self.feed(self.relay.opened(CLIENT))
 
     # -- relaying --------------------------------------------------------------------------
@@ -624,30 +528,10 @@ class _Pair:
         self.metrics.close_out(self.route.name, side, code)
         self.feed(self.relay.failed(side, code))
 
-    def check_idle(self) -> None:
-        idle = self.route.websocket.idle_timeout
-        assert idle is not None
-        quiet = self.reactor.seconds() - self.last_activity
-        if quiet < idle:
-            self.idle_timer = self.reactor.callLater(idle - quiet, self.check_idle)
-            return
-        self.idle_timer = None
-        log.info("route {route}: WebSocket idle for {idle}s, closing both sides", route=self.route.name, idle=idle)
-        self.feed(self.relay.close_both(CLOSE_GOING_AWAY, "idle timeout"))
+    def close_both(self, reason: str) -> None:
+        self.feed(self.relay.close_both(CLOSE_GOING_AWAY, reason))
 
     # -- endings ---------------------------------------------------------------------------
-
-    def handshake_timed_out(self) -> None:
-        self.timer = None
-        if self.answered:
-            return
-        self.refuse(GatewayTimeout(f"no WebSocket handshake from upstream within "
-                                   f"{self.route.websocket.handshake_timeout}s"))
-
-    def cancel_timer(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
 
     def abort_upstream(self) -> None:
         """No upstream connection may outlive a client that never got its 101."""
@@ -658,31 +542,6 @@ class _Pair:
             leg.pair = None
             if leg.transport is not None:
                 leg.transport.abortConnection()
-
-    def refuse(self, error: ProxyError) -> None:
-        """Answer the client over HTTP (no WebSocket) and end."""
-        if self.answered:
-            return
-        self.answered = True
-        self.cancel_timer()
-        if error.status >= 500:
-            log.warn("route {route} upstream {upstream}: {detail}", route=self.route.name,
-                     upstream=self.upstream.name, detail=error.detail)
-        self.abort_upstream()
-        request = self.request
-        if request.channel is not None and not request.finished and not request._disconnected:
-            request.write(answer_error(request, error))
-            request.finish()
-        self.end()
-
-    def client_left_early(self) -> None:
-        """The client disconnected before its 101."""
-        if self.answered:
-            return
-        self.answered = True
-        self.cancel_timer()
-        self.abort_upstream()
-        self.end()
 
     def leg_closed(self, leg: _Leg, clean: bool, reason: str | None) -> None:
         side = leg.side
@@ -702,34 +561,8 @@ class _Pair:
         if self.relay.finished or {CLIENT, UPSTREAM} <= self.closed_legs:
             self.end()
 
-    def end(self) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        if self.idle_timer is not None and self.idle_timer.active():
-            self.idle_timer.cancel()
-        self.idle_timer = None
-        if self.lease is not None:
-            self.lease.release()
-        if self.client_leg is not None:
-            request = self.request
-            self.gw.gateway.access_log.write(format_line(
-                client=self.client_ip, when=time.time(), method=request.method, target=request.uri,
-                protocol=request.clientproto, status=101, sent=self.relay.counters(CLIENT).octets_out,
-                referer=request.getHeader(b"referer"), user_agent=request.getHeader(b"user-agent"),
-                upstream=self.lease.server.hostport if self.lease is not None else None,
-                duration=time.monotonic() - self.started,
-            ))
-        if self.opened:
-            self.metrics.ended(self.route.name)
-        self.gw.gateway.closed(self)
-
-    def shutdown(self) -> None:
-        """wsrelay is stopping: close both legs with 1001 (or refuse a pending handshake with 503)."""
-        if self.client_leg is None:
-            self.refuse(ServiceUnavailable("shutting down"))
-            return
-        self.feed(self.relay.close_both(CLOSE_GOING_AWAY, "server shutting down"))
+    def sent_to_client(self) -> int:
+        return self.relay.counters(CLIENT).octets_out
 
 
 class WebSocketGateway:
