@@ -181,7 +181,6 @@ def test_simultaneous_closes(src: str) -> None:
 def test_nothing_sent_after_close(src: str) -> None:
     """Once a close went to a side, later messages for it are dropped."""
     relay = open_relay()
-    dst = other(src)
     relay.close_both(1001, "idle")
     assert message(relay, src, b"x") == []
 

@@ -16,7 +16,6 @@ import pytest
 import websockets
 
 from tests.certs import CA
-from tests.scripted_upstream import ScriptedUpstream
 from tests.support import RelayProcess, UpstreamProcess, write_config
 from wsrelay import config as configmod
 from wsrelay.config import ConfigError

@@ -13,7 +13,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.scripted_ws import FrameReader, ScriptedWebSocketUpstream, client_handshake, frame
+from tests.scripted_ws import ScriptedWebSocketUpstream, client_handshake, frame
 from tests.support import RelayProcess
 
 MiB = 1024 * 1024
