@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import configparser
 import difflib
-import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -21,6 +20,8 @@ from types import MappingProxyType
 from typing import Any
 
 import attrs
+
+from wsrelay import values as V
 
 DEFAULT_PATH = "etc/relay.ini"
 
@@ -62,7 +63,7 @@ class Server:
     @property
     def key(self) -> str:
         """Identity of the server across reloads (health and connection counts follow it)."""
-        return f"{self.scheme}://{_host_for_url(self.host)}:{self.port}"
+        return f"{self.scheme}://{V.host_for_url(self.host)}:{self.port}"
 
     @property
     def tls(self) -> bool:
@@ -70,7 +71,7 @@ class Server:
 
     @property
     def hostport(self) -> str:
-        return f"{_host_for_url(self.host)}:{self.port}"
+        return f"{V.host_for_url(self.host)}:{self.port}"
 
 
 @attrs.frozen
@@ -191,173 +192,7 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------------
-# Value parsers: each takes the raw string and returns the value or raises ValueError(message).
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-_OFF = {"off", "none", "no", "false", "0"}
-_ON = {"on", "yes", "true", "1"}
-
-
-def parse_duration(text: str) -> float:
-    """``"30s"``, ``"250ms"``, ``"5m"``, ``"1h"`` or a bare number of seconds."""
-    m = _DURATION.match(text)
-    if not m:
-        raise ValueError(f"{text!r} is not a duration (examples: 30s, 250ms, 5m, 1h)")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower() if m.group(2) else None]
-
-
-def parse_optional_duration(text: str) -> float | None:
-    """A duration, or ``off`` for none."""
-    if text.strip().lower() in _OFF:
-        return None
-    value = parse_duration(text)
-    return value or None
-
-
-def parse_size(text: str) -> int:
-    """``"16M"``, ``"64K"``, ``"1G"`` or a bare number of bytes (binary multiples)."""
-    if text.strip().lower() in {"off", "none", "unlimited"}:
-        return 0
-    m = _SIZE.match(text)
-    if not m:
-        raise ValueError(f"{text!r} is not a size (examples: 512K, 16M, 1G, 0 for unlimited)")
-    unit = (m.group(2) or "").lower()[:1]
-    return int(m.group(1)) * _SIZE_UNITS[unit]
-
-
-def parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in _ON:
-        return True
-    if value in _OFF:
-        return False
-    raise ValueError(f"{text!r} is not on or off")
-
-
-def _int_range(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text.strip())
-        except ValueError:
-            raise ValueError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise ValueError(f"{value} is out of range ({low} to {high})")
-        return value
-
-    return parse
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        value = text.strip().lower().replace("-", "_")
-        if value not in choices:
-            raise ValueError(f"{text!r} is not one of: {', '.join(choices)}")
-        return value
-
-    return parse
-
-
-def _redirect(text: str) -> int | None:
-    value = text.strip().lower()
-    if value in _OFF:
-        return None
-    if value in {"301", "on", "https"}:
-        return 301
-    if value == "308":
-        return 308
-    raise ValueError(f"{text!r} is not off, 301 or 308")
-
-
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(text.replace(",", " ").split())
-
-
-def _host_for_url(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-_HOSTNAME = re.compile(r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
-
-
-def _host_patterns(text: str) -> tuple[str, ...]:
-    hosts = tuple(h.lower().rstrip(".") for h in _words(text))
-    for host in hosts:
-        if host == "*":
-            raise ValueError("'*' matches every host: leave 'host' out instead")
-        if not _HOSTNAME.match(host) and not _is_ip(host.strip("[]")):
-            raise ValueError(f"{host!r} is not a host name, '*.domain' wildcard or IP address")
-    return hosts
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _status_set(text: str) -> frozenset[int]:
-    statuses = set()
-    for word in _words(text):
-        if word.lower() in _OFF:
-            continue
-        if not word.isdigit() or not 500 <= int(word) <= 599:
-            raise ValueError(f"{word!r} is not a 5xx status")
-        statuses.add(int(word))
-    return frozenset(statuses)
-
-
-def _origins(text: str) -> tuple[str, ...]:
-    origins = _words(text)
-    if not origins:
-        raise ValueError("give '*' or one or more origins such as https://example.com")
-    if "*" in origins:
-        if len(origins) > 1:
-            raise ValueError("'*' allows every origin: do not list others beside it")
-        return ("*",)
-    for origin in origins:
-        if not re.match(r"^https?://[^/\s]+$", origin, re.IGNORECASE):
-            raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
-    return tuple(o.lower() for o in origins)
-
-
-def _endpoint(text: str) -> str:
-    value = text.strip()
-    kind = value.split(":", 1)[0].lower()
-    if kind not in {"tcp", "tcp6", "unix", "systemd"}:
-        raise ValueError(
-            f"{value!r} is not a server endpoint (examples: tcp:8080:interface=127.0.0.1, "
-            "tcp6:8080:interface=\\:\\:1, unix:/run/wsrelay.sock, systemd:domain=INET:index=0)"
-        )
-    if kind in {"tcp", "tcp6"}:
-        parts = value.split(":")
-        if len(parts) < 2 or not parts[1].isdigit() or not 0 <= int(parts[1]) <= 65535:
-            raise ValueError(f"{value!r}: the port must follow '{kind}:' (0 to 65535)")
-    return value
-
-
-def _endpoints(text: str) -> tuple[str, ...]:
-    values = tuple(_endpoint(v) for v in text.split())
-    if not values:
-        raise ValueError("give at least one endpoint, such as tcp:8080:interface=127.0.0.1")
-    return values
-
-
-def _route_path(text: str) -> tuple[str, bool]:
-    value = text.strip()
-    exact = value.startswith("=")
-    if exact:
-        value = value[1:].strip()
-    if not value.startswith("/"):
-        raise ValueError(f"{text!r} is not a path: it must start with '/' (or '=/' for exact)")
-    if any(c.isspace() or ord(c) < 0x21 or ord(c) == 0x7F for c in value):
-        raise ValueError(f"{text!r}: a path may not contain spaces or control characters")
-    return value, exact
-
+# Upstream servers (values that are objects of this module)
 
 def _server(text: str, is_default_scheme: str = "http") -> Server:
     words = text.split()
@@ -380,9 +215,9 @@ def _server(text: str, is_default_scheme: str = "http") -> Server:
         if name == "backup" and not value:
             options["backup"] = True
         elif name == "weight":
-            options["weight"] = _int_range(1, 1000)(value)
+            options["weight"] = V.int_range(1, 1000)(value)
         elif name == "max_conns":
-            options["max_conns"] = _int_range(0, 1_000_000)(value)
+            options["max_conns"] = V.int_range(0, 1_000_000)(value)
         else:
             raise ValueError(f"{word!r}: unknown server option (weight=N, max_conns=N, backup)")
     return Server(scheme=scheme, host=host.lower(), port=port, **options)
@@ -413,85 +248,6 @@ def _servers(text: str) -> tuple[Server, ...]:
     return servers
 
 
-def _health_check(text: str) -> tuple[str, bool] | None:
-    value = text.strip()
-    if value.lower() in _OFF:
-        return None
-    websocket = False
-    m = re.match(r"^(ws|http):(/.*)$", value, re.IGNORECASE)
-    if m:
-        websocket = m.group(1).lower() == "ws"
-        value = m.group(2)
-    if not value.startswith("/") or any(c.isspace() for c in value):
-        raise ValueError(f"{text!r} is not a path (examples: /healthz, ws:/socket)")
-    return value, websocket
-
-
-def _host_header(text: str) -> str | None:
-    value = text.strip()
-    if value.lower() in {"pass", "$host", "$http_host"}:
-        return None
-    if value.lower() in {"upstream", "$upstream", "$proxy_host"}:
-        return "$upstream"
-    if not re.match(r"^[A-Za-z0-9.\-\[\]:_]+$", value):
-        raise ValueError(f"{text!r} is not 'pass', 'upstream' or a host[:port]")
-    return value
-
-
-def _tls_version(text: str) -> str:
-    value = text.strip().lower().removeprefix("tlsv").removeprefix("tls")
-    if value not in {"1.2", "1.3"}:
-        raise ValueError(f"{text!r} is not 1.2 or 1.3")
-    return value
-
-
-def _cipher_string(text: str) -> str:
-    value = text.strip()
-    if not re.match(r"^[A-Za-z0-9_:+!@=\-.,]+$", value):
-        raise ValueError(f"{text!r} is not an OpenSSL cipher string")
-    return value
-
-
-def _file_path(base: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        value = os.path.expanduser(text.strip())
-        if not value:
-            raise ValueError("give a file name")
-        return value if os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
-
-    return parse
-
-
-def _access_log(base: str) -> Callable[[str], str | None]:
-    def parse(text: str) -> str | None:
-        value = text.strip()
-        if value.lower() in _OFF:
-            return None
-        if value in {"-", "stdout"}:
-            return "-"
-        return _file_path(base)(value)
-
-    return parse
-
-
-def _workers(text: str) -> int:
-    if text.strip().lower() == "auto":
-        return max(1, os.cpu_count() or 1)
-    return _int_range(1, 256)(text)
-
-
-def _password(text: str) -> str:
-    return text.strip()
-
-
-# Mozilla "intermediate" TLS <= 1.2 suites (TLS 1.3 suites are OpenSSL's defaults).
-MOZILLA_INTERMEDIATE_CIPHERS = (
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
-    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
-)
-
 # --------------------------------------------------------------------------------------------
 # Which keys each kind of section takes, with their parsers and defaults (as text, parsed the
 # same way as user input so the defaults shown in etc/relay.ini are the real ones).
@@ -501,82 +257,82 @@ _Key = tuple[Callable[[str], Any], str | None]  # parser, default text (None: re
 
 def _global_keys(base: str) -> dict[str, _Key]:
     return {
-        "listen": (_endpoints, ""),
-        "access_log": (_access_log(base), "-"),
-        "workers": (_workers, "1"),
-        "drain_timeout": (parse_duration, "10s"),
-        "max_request_line": (parse_size, "8K"),
-        "max_header_size": (parse_size, "16K"),
+        "listen": (V.endpoints, ""),
+        "access_log": (V.access_log(base), "-"),
+        "workers": (V.workers, "1"),
+        "drain_timeout": (V.parse_duration, "10s"),
+        "max_request_line": (V.parse_size, "8K"),
+        "max_header_size": (V.parse_size, "16K"),
     }
 
 
 def _listener_keys(base: str) -> dict[str, _Key]:
     return {
-        "endpoint": (_endpoint, None),
-        "tls": (parse_bool, "off"),
-        "certificates": (_words, ""),
+        "endpoint": (V.endpoint, None),
+        "tls": (V.parse_bool, "off"),
+        "certificates": (V.words, ""),
         "default_certificate": (lambda t: None if t.strip().lower() in {"", "none", "refuse"} else t.strip(), ""),
-        "tls_min_version": (_tls_version, "1.2"),
-        "tls_ciphers": (_cipher_string, MOZILLA_INTERMEDIATE_CIPHERS),
-        "hsts_max_age": (parse_optional_duration, "off"),
-        "redirect": (_redirect, "off"),
-        "redirect_port": (_int_range(1, 65535), ""),
+        "tls_min_version": (V.tls_version, "1.2"),
+        "tls_ciphers": (V.cipher_string, V.MOZILLA_INTERMEDIATE_CIPHERS),
+        "hsts_max_age": (V.parse_optional_duration, "off"),
+        "redirect": (V.redirect, "off"),
+        "redirect_port": (V.int_range(1, 65535), ""),
     }
 
 
 def _certificate_keys(base: str) -> dict[str, _Key]:
     return {
-        "cert": (_file_path(base), None),
-        "key": (_file_path(base), None),
-        "password": (_password, ""),
-        "hosts": (_host_patterns, ""),
+        "cert": (V.file_path(base), None),
+        "key": (V.file_path(base), None),
+        "password": (V.password, ""),
+        "hosts": (V.host_patterns, ""),
     }
 
 
 def _upstream_keys(base: str) -> dict[str, _Key]:
     return {
         "servers": (_servers, None),
-        "balance": (_choice("round_robin", "least_conn", "ip_hash", "cookie", "header"), ""),
+        "balance": (V.choice("round_robin", "least_conn", "ip_hash", "cookie", "header"), ""),
         "sticky": (lambda t: t.strip(), ""),
-        "max_fails": (_int_range(0, 1000), "1"),
-        "fail_timeout": (parse_duration, "10s"),
-        "fail_statuses": (_status_set, "off"),
-        "health_check": (_health_check, "off"),
-        "health_interval": (parse_duration, "5s"),
-        "health_timeout": (parse_duration, "2s"),
-        "health_rise": (_int_range(1, 100), "2"),
-        "health_fall": (_int_range(1, 100), "3"),
-        "keepalive": (_int_range(0, 10_000), "16"),
-        "tls_verify": (parse_bool, "on"),
-        "tls_ca": (_file_path(base), ""),
+        "max_fails": (V.int_range(0, 1000), "1"),
+        "fail_timeout": (V.parse_duration, "10s"),
+        "fail_statuses": (V.status_set, "off"),
+        "health_check": (V.health_check, "off"),
+        "health_interval": (V.parse_duration, "5s"),
+        "health_timeout": (V.parse_duration, "2s"),
+        "health_rise": (V.int_range(1, 100), "2"),
+        "health_fall": (V.int_range(1, 100), "3"),
+        "keepalive": (V.int_range(0, 10_000), "16"),
+        "tls_verify": (V.parse_bool, "on"),
+        "tls_ca": (V.file_path(base), ""),
         "tls_server_name": (lambda t: t.strip(), ""),
     }
 
 
 def _route_keys(base: str) -> dict[str, _Key]:
     return {
-        "path": (_route_path, ""),
-        "host": (_host_patterns, ""),
+        "path": (V.route_path, ""),
+        "host": (V.host_patterns, ""),
         "upstream": (lambda t: t.strip(), ""),
-        "host_header": (_host_header, "pass"),
-        "max_body_size": (parse_size, "16M"),
-        "connect_timeout": (parse_duration, "5s"),
-        "read_timeout": (parse_duration, "60s"),
-        "send_timeout": (parse_duration, "60s"),
-        "retries": (_int_range(0, 10), "1"),
-        "retry_timeout": (parse_duration, "10s"),
-        "redirect": (_redirect, "off"),
-        "websocket": (parse_bool, "on"),
-        "ws_mode": (_choice("relay", "tunnel"), "relay"),
-        "ws_ping_interval": (parse_optional_duration, "30s"),
-        "ws_ping_timeout": (parse_duration, "10s"),
-        "ws_idle_timeout": (parse_optional_duration, "off"),
-        "ws_max_message_size": (parse_size, "16M"),
-        "ws_max_frame_size": (parse_size, "16M"),
-        "ws_allowed_origins": (_origins, "*"),
-        "ws_handshake_timeout": (parse_duration, "10s"),
-        "ws_compression": (parse_bool, "on"),
-        "ws_upstream_compression": (parse_bool, "off"),
+        "host_header": (V.host_header, "pass"),
+        "max_body_size": (V.parse_size, "16M"),
+        "connect_timeout": (V.parse_duration, "5s"),
+        "read_timeout": (V.parse_duration, "60s"),
+        "send_timeout": (V.parse_duration, "60s"),
+        "retries": (V.int_range(0, 10), "1"),
+        "retry_timeout": (V.parse_duration, "10s"),
+        "redirect": (V.redirect, "off"),
+        "websocket": (V.parse_bool, "on"),
+        "ws_mode": (V.choice("relay", "tunnel"), "relay"),
+        "ws_ping_interval": (V.parse_optional_duration, "30s"),
+        "ws_ping_timeout": (V.parse_duration, "10s"),
+        "ws_idle_timeout": (V.parse_optional_duration, "off"),
+        "ws_max_message_size": (V.parse_size, "16M"),
+        "ws_max_frame_size": (V.parse_size, "16M"),
+        "ws_allowed_origins": (V.origins, "*"),
+        "ws_handshake_timeout": (V.parse_duration, "10s"),
+        "ws_compression": (V.parse_bool, "on"),
+        "ws_upstream_compression": (V.parse_bool, "off"),
     }
 
 
@@ -780,7 +536,7 @@ class _Builder:
             path, exact = v["path"]
         else:
             try:
-                path, exact = _route_path(name)
+                path, exact = V.route_path(name)
             except ValueError:
                 raise self.error(section, "path", f"[route {name}] does not name a path: give 'path = /...'") from None
         upstream = v["upstream"]
