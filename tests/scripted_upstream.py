@@ -8,7 +8,9 @@ path, so tests can assert on what crossed the proxy byte for byte:
 - ``/204``, ``/304``: those statuses; ``/cookies``: two ``Set-Cookie`` lines and hop-by-hop fields;
 - ``/big?N``: N bytes of a known pattern, written with ``send`` and a 1 s timeout so the test learns
   (``blocked`` event) when the proxy stopped reading;
-- ``/silent``: never answers; ``/reset``: sends half a Content-Length body, then resets.
+- ``/silent``: never answers; ``/reset``: sends half a Content-Length body, then resets;
+- ``/early``: answers 403 as soon as it has the request head, before reading the body (as many
+  servers do for 401/403/413 and redirects), then reads and discards the body.
 
 Everything is bounded: ``stop()`` closes the listener and every connection.
 """
@@ -43,6 +45,7 @@ class ScriptedUpstream:
     connections: int = 0
     closed_connections: int = 0
     big_sent: int = 0
+    early_closed_by_proxy: int = 0
     blocked: threading.Event = field(default_factory=threading.Event)
     request_seen: threading.Event = field(default_factory=threading.Event)
     connection_closed: threading.Event = field(default_factory=threading.Event)
@@ -75,6 +78,9 @@ class ScriptedUpstream:
                 return None
             buffer += chunk
         head, _, rest = buffer.partition(b"\r\n\r\n")
+        if head.split(b" ")[1].split(b"?")[0].endswith(b"/early"):
+            self._answer_early(conn, head, rest)
+            return None
         length = 0
         chunked = False
         for line in head.split(b"\r\n")[1:]:
@@ -103,6 +109,22 @@ class ScriptedUpstream:
                 return None
             rest += chunk
         return head, rest[:length], rest[length:]
+
+    def _answer_early(self, conn: socket.socket, head: bytes, rest: bytes) -> None:
+        with self.lock:
+            self.requests.append(Seen(head, rest, 0))
+        self.request_seen.set()
+        conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nno way")
+        conn.settimeout(5.0)
+        try:
+            while conn.recv(65536):  # drain until the proxy closes (bounded by the timeout)
+                pass
+        except socket.timeout:
+            return
+        except OSError:  # reset: closed with unread data
+            pass
+        with self.lock:
+            self.early_closed_by_proxy += 1
 
     def _serve(self, conn: socket.socket, number: int) -> None:
         buffer = b""

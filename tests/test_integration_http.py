@@ -4,13 +4,14 @@ records the exact bytes it receives."""
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.scripted_upstream import ScriptedUpstream, pattern_bytes
-from tests.support import RelayProcess
+from tests.support import RelayProcess, poll_until
 
 MiB = 1024 * 1024
 
@@ -157,6 +158,24 @@ def test_request_body_streams_and_limit_answers_413(relay: RelayProcess, upstrea
         b"".join(b"100000\r\n" + b"z" * 0x100000 + b"\r\n" for _ in range(5)) + b"0\r\n\r\n"
     assert raw_exchange(relay.port, chunked).startswith(b"HTTP/1.1 413 ")
     assert len(upstream.requests) == seen
+
+
+def test_upstream_answers_early_before_reading_the_body(relay: RelayProcess, upstream: ScriptedUpstream) -> None:
+    """An upstream that answers a POST before it has read the body (a 403, say): the client gets that
+    answer, wsrelay stops sending the body and closes that upstream connection (RFC 9112 section
+    9.3), logs no error, and the next request is served normally."""
+    start = len(relay.output.lines)
+    for _ in range(3):
+        response = request(relay.port, "POST", "/early", body=pattern_bytes(0, 4 * MiB - 1))
+        assert (response.status, response.read()) == (403, b"no way")
+    assert poll_until(lambda: upstream.early_closed_by_proxy == 3, timeout=4)  # the upstream waits 5 s
+    response = request(relay.port, "POST", "/echo", body=b"after")
+    assert (response.status, response.read()) == (200, b"ok")
+    assert upstream.requests[-1].body == b"after"
+    relay.output.wait_for(r'"POST /echo HTTP/1\.1" 200 ', start=start)
+    problems = [line for line in relay.output.lines[start:]
+                if re.search(r"#(critical|error)\]|Traceback|Error writing request", line)]
+    assert problems == [], "\n".join(relay.output.lines[start:])
 
 
 def test_slow_client_pauses_upstream_and_memory_stays_bounded(relay: RelayProcess, upstream: ScriptedUpstream) -> None:

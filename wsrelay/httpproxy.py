@@ -87,6 +87,21 @@ class _RelayClientProtocol(HTTP11ClientProtocol):
             parser.allHeadersReceived = keep_connection_headers
         return d
 
+    def _finishResponse_TRANSMITTING(self, rest: bytes) -> None:
+        """The upstream sent its whole response before taking the whole request body (a 401, 403,
+        413 or redirect answered early).
+
+        Twisted hands the response on and gives the connection up, but would go on sending the
+        body, from a spool file that the finished exchange has closed by then.  RFC 9112
+        section 9.3 says what a client does instead: stop sending the body and close the connection.
+        """
+        request = self._currentRequest
+        super()._finishResponse_WAITING(rest)  # the response reaches the exchange, whole
+        if request is not None and request.bodyProducer is not None:
+            request.stopWriting()
+        if self.transport is not None:
+            self.transport.abortConnection()
+
 
 class _QuietClientFactory(client._HTTP11ClientFactory):
     noisy = False  # no log line per upstream connection
