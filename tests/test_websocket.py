@@ -39,7 +39,7 @@ from wsrelay.site import RelaySite
 CONFIG = """
 [wsrelay]
 listen = tcp:0:interface=127.0.0.1
-access_log = off
+access_log = -  ; written to Harness.log, see below
 [upstream up]
 servers = 127.0.0.1:9001 127.0.0.1:9002
 [route /]

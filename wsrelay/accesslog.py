@@ -60,6 +60,11 @@ class AccessLog:
             self._file = open(path, "a", buffering=1, encoding="ascii")
             self._owned = True
 
+    @property
+    def enabled(self) -> bool:
+        """False for ``access_log = off``: callers skip building the line (it costs on hot paths)."""
+        return self._file is not None
+
     def write(self, line: str) -> None:
         if self._file is not None:
             self._file.write(line + "\n")

@@ -139,6 +139,8 @@ class RelayRequest(server.Request):
             return
         self._logged = True
         gateway = self._gateway
+        if not gateway.access_log.enabled:
+            return
         peer = self.getClientAddress()
         gateway.access_log.write(format_line(
             client=getattr(peer, "host", "-"), when=time.time(),

@@ -259,7 +259,7 @@ class Upgrade:
         self.idle_timer = None
         if self.lease is not None:
             self.lease.release()
-        if self.taken_over:
+        if self.taken_over and self.gw.gateway.access_log.enabled:
             request = self.request
             self.gw.gateway.access_log.write(format_line(
                 client=self.client_ip, when=time.time(), method=request.method, target=request.uri,
