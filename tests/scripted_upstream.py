@@ -9,6 +9,8 @@ path, so tests can assert on what crossed the proxy byte for byte:
 - ``/big?N``: N bytes of a known pattern, written with ``send`` and a 1 s timeout so the test learns
   (``blocked`` event) when the proxy stopped reading;
 - ``/silent``: never answers; ``/reset``: sends half a Content-Length body, then resets;
+  ``/reset-unframed``: 500 bytes of a body with neither Content-Length nor chunking, then a reset;
+  ``/close-unframed``: the same body, ended by a clean close;
 - ``/early``: answers 403 as soon as it has the request head, before reading the body (as many
   servers do for 401/403/413 and redirects), then reads and discards the body.
 
@@ -154,9 +156,14 @@ class ScriptedUpstream:
         if path == b"/silent":
             conn.recv(1)  # until the proxy gives up and closes
             return False
-        if path == b"/reset":
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 500)
+        if path in (b"/reset", b"/reset-unframed"):
+            length = b"Content-Length: 1000\r\n" if path == b"/reset" else b""
+            conn.sendall(b"HTTP/1.1 200 OK\r\n" + length + b"\r\n" + b"x" * 500)
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return False
+        if path == b"/close-unframed":  # a body delimited by the end of the connection (RFC 9112 6.3)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"y" * 500)
+            conn.shutdown(socket.SHUT_WR)
             return False
         if path == b"/chunked":
             conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"

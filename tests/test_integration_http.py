@@ -231,12 +231,21 @@ read_timeout = 500ms
     relay.output.wait_for(r'"GET /slow/silent HTTP/1.1" 504 .* upstream=127\.0\.0\.1:%d rt=' % upstream.port)
 
 
-def test_reset_mid_response_aborts_the_client(relay: RelayProcess) -> None:
-    """An upstream that resets mid-body: the client's response is aborted, never cut short as complete."""
-    response = request(relay.port, "GET", "/reset")
+@pytest.mark.parametrize("script", ["/reset", "/reset-unframed"])
+def test_reset_mid_response_aborts_the_client(script: str, relay: RelayProcess) -> None:
+    """An upstream that resets mid-body, whether the body has a length or ends with the connection:
+    the client's response is aborted, never cut short as complete."""
+    response = request(relay.port, "GET", script)
     assert response.status == 200
     with pytest.raises(http.client.IncompleteRead):
         response.read()
+    relay.output.wait_for(r"server http://127\.0\.0\.1:\d+: upstream broke off the response body: .*\(GET %s\)" % script)
+
+
+def test_body_ended_by_a_clean_close_is_complete(relay: RelayProcess) -> None:
+    """A body without length or chunking that the upstream ends with a clean close is whole."""
+    response = request(relay.port, "GET", "/close-unframed")
+    assert (response.status, response.read()) == (200, b"y" * 500)
 
 
 def test_client_leaving_cancels_the_upstream_request(relay: RelayProcess, upstream: ScriptedUpstream) -> None:
@@ -259,6 +268,29 @@ def test_retry_on_next_server_when_connect_fails(upstream: ScriptedUpstream,
     for _ in range(3):
         assert request(relay.port, "POST", "/echo", body=b"data").status == 200
     assert [r.body for r in upstream.requests] == [b"data"] * 3
+
+
+def test_connect_timeout_is_retried_and_never_taken_for_a_read_timeout(
+        upstream: ScriptedUpstream, start_relay: Callable[..., RelayProcess]) -> None:
+    """A server that never completes the TCP handshake: after connect_timeout the request goes to the
+    next server, even with a read_timeout shorter than connect_timeout (the read timer starts once
+    connected); with no other server the answer is 504 naming the connect timeout."""
+    with socket.socket() as hole, socket.socket() as filler:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(0)  # never accepted: the one queued connection fills it, later SYNs are dropped
+        filler.connect(hole.getsockname())
+        port = hole.getsockname()[1]
+        text = config(port, "retries = 1\nconnect_timeout = 0.5s", "balance = round_robin")
+        relay = start_relay(text.replace("read_timeout = 2s", "read_timeout = 0.2s").replace(
+            f"servers = 127.0.0.1:{port}", f"servers = 127.0.0.1:{port} 127.0.0.1:{upstream.port}"))
+        response = request(relay.port, "GET", "/first")
+        assert (response.status, response.read()) == (200, b"ok")
+        relay.output.wait_for(r"127\.0\.0\.1:%d failed \(connect timeout\); retrying on http://127\.0\.0\.1:%d"
+                              % (port, upstream.port))
+        lone = start_relay(config(port, "connect_timeout = 0.5s").replace("read_timeout = 2s", "read_timeout = 0.2s"))
+        response = request(lone.port, "GET", "/lone")
+        assert (response.status, response.read()) == (504, b"504 Gateway Timeout\n"), "\n".join(lone.output.lines)
+        lone.output.wait_for(r"server http://127\.0\.0\.1:%d: connect timeout after 0\.5s \(GET /lone\)" % port)
 
 
 @pytest.mark.parametrize("raw, status", [

@@ -23,7 +23,8 @@ from typing import Any
 
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -87,6 +88,15 @@ class _RelayClientProtocol(HTTP11ClientProtocol):
             parser.allHeadersReceived = keep_connection_headers
         return d
 
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        # A body without Content-Length or chunking ends when the connection does; Twisted calls
+        # any end of it PotentialDataLoss.  Mark the response when the end was a reset or an error,
+        # not the upstream's clean close, so the exchange does not pass a truncated body off as whole.
+        parser = self._parser
+        if parser is not None and parser.response is not None and not reason.check(ConnectionDone):
+            parser.response.wsrelay_broken = reason
+        super().connectionLost(reason)
+
     def _finishResponse_TRANSMITTING(self, rest: bytes) -> None:
         """The upstream sent its whole response before taking the whole request body (a 401, 403,
         413 or redirect answered early).
@@ -143,6 +153,25 @@ class _BodyPump(Protocol):
         self.transport.stopProducing()
 
 
+@implementer(IStreamClientEndpoint)
+class _WatchedEndpoint:
+    """Tells the exchange when a new upstream connection is being made and when that is over."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, exchange: _Exchange) -> None:
+        self.endpoint = endpoint
+        self.exchange = exchange
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self.exchange.connect_started()
+        d = self.endpoint.connect(factory)
+
+        def ended(result: Any) -> Any:
+            self.exchange.connect_ended()
+            return result
+
+        return d.addBoth(ended)
+
+
 class _SpoolProducer(FileBodyProducer):
     """Streams the spooled request body, telling the exchange as each piece is accepted."""
 
@@ -183,6 +212,9 @@ class _Exchange:
         self.timer_kind = "read"
         self.timeout_kind: str | None = None
         self.body_transport: Any = None
+        self.response_in: IResponse | None = None
+        self.connecting = False  # a new upstream connection is being made: the read timer waits
+        self.has_body = False
         self.deadline = self.reactor.seconds() + route.retry_timeout
         self.done = False
         self.body_size = _spooled_size(request)
@@ -197,14 +229,21 @@ class _Exchange:
             return
         self.attempt()
 
-    def attempt(self) -> None:
+    def attempt(self, retry_of: tuple[ProxyError, str] | None = None) -> None:
+        """Send the request to a server of the group; ``retry_of``: the failure being retried."""
         try:
             self.lease = self.proxy.gateway.balancer.acquire(
                 self.route.upstream, client_ip=self.client_ip, headers=self.raw, exclude=self.tried)
         except ProxyError as e:
+            if retry_of is not None:  # no other server to try: the client gets the failure itself
+                self.describe_failure(retry_of[0].detail)
+                e = retry_of[0]
             self.answer(e)
             return
         server = self.lease.server
+        if retry_of is not None:
+            log.info("route {route}: {failed} failed ({cause}); retrying on {server}",
+                     route=self.route.name, failed=self.tried[-1], cause=retry_of[1], server=server.key)
         self.tried.append(server.key)
         self.request.wsrelay_upstream = server.hostport  # type: ignore[attr-defined]
         out = H.request_to_upstream(self.raw, client_ip=self.client_ip, scheme=self.scheme,
@@ -213,17 +252,29 @@ class _Exchange:
         for name, value in out:
             headers.addRawHeader(name, value)
         body = None
-        if self.body_size or self.request.requestHeaders.hasHeader(b"transfer-encoding"):
+        self.has_body = bool(self.body_size or self.request.requestHeaders.hasHeader(b"transfer-encoding"))
+        if self.has_body:
             self.request.content.seek(0)
             body = _SpoolProducer(self, self.proxy.cooperator)
             body.length = self.body_size
-        endpoint = upstream_endpoint(self.reactor, self.upstream, server, self.route.connect_timeout)
+        endpoint = _WatchedEndpoint(
+            upstream_endpoint(self.reactor, self.upstream, server, self.route.connect_timeout), self)
         agent = self.proxy.agent_for(self.upstream)
         self.pending = agent.send((self.upstream.name, server.key), endpoint, self.request.method, server,
                                   self.request.uri, headers, body)
-        if body is None:
+        if body is None and not self.connecting:  # a pooled connection: the request is on its way
             self.arm_timer("read")
         self.pending.addCallbacks(self.response, self.failed)
+
+    def connect_started(self) -> None:
+        """The agent makes a new connection (bounded by connect_timeout): no read timer yet."""
+        self.connecting = True
+        self.disarm_timer()
+
+    def connect_ended(self) -> None:
+        self.connecting = False
+        if self.pending is not None and not self.has_body:
+            self.arm_timer("read")  # a request without a body is sent as soon as connected
 
     def arm_timer(self, kind: str) -> None:
         """(Re)start the timer: ``send`` while the upstream takes the body, ``read`` while we wait on it."""
@@ -256,6 +307,7 @@ class _Exchange:
 
     def response(self, response: IResponse) -> None:
         self.pending = None
+        self.response_in = response
         self.disarm_timer()
         if self.done:
             response.deliverBody(Protocol())  # the client left meanwhile: drop it
@@ -296,9 +348,12 @@ class _Exchange:
         self.disarm_timer()
         if self.done:
             return
-        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+        broken = getattr(self.response_in, "wsrelay_broken", None)
+        if reason is None or reason.check(ResponseDone) or (reason.check(PotentialDataLoss) and broken is None):
             self.finish()
             return
+        if broken is not None:  # a body delimited by the connection's end, and that end was an error
+            reason = broken
         self.describe_failure(f"upstream broke off the response body: {_reason(reason)}")
         self.lease_failure("reset mid-response")
         self.abort_client()
@@ -328,10 +383,8 @@ class _Exchange:
         retryable = (connect_failure or (reason.check(ResponseNeverReceived) is not None
                                          and self.request.method in IDEMPOTENT and not timeout))
         if retryable and len(self.tried) <= self.route.retries and self.reactor.seconds() < self.deadline:
-            log.info("route {route}: {server} failed ({cause}); retrying on another server",
-                     route=self.route.name, server=self.tried[-1], cause=cause)
             self.release()
-            self.attempt()
+            self.attempt(retry_of=(error, cause))
             return
         self.describe_failure(error.detail)
         self.answer(error)
