@@ -7,6 +7,7 @@ with the group's verification settings (``wsrelay.tls.client_creator``).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any
 
@@ -16,15 +17,23 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from wsrelay.config import Server, Upstream
 
 
+@functools.lru_cache(maxsize=1024)
+def _ip_version(host: str) -> int | None:
+    """4 or 6 for an IP literal, None for a host name (asked once per server, not per request)."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+
+
 def upstream_endpoint(reactor: Any, upstream: Upstream, server: Server, timeout: float) -> IStreamClientEndpoint:
     """An endpoint that connects to ``server`` of ``upstream`` within ``timeout`` seconds."""
     endpoint: IStreamClientEndpoint
-    try:
-        address = ipaddress.ip_address(server.host)
-    except ValueError:
+    version = _ip_version(server.host)
+    if version is None:
         endpoint = HostnameEndpoint(reactor, server.host, server.port, timeout=timeout)
     else:
-        kind = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
+        kind = TCP6ClientEndpoint if version == 6 else TCP4ClientEndpoint
         endpoint = kind(reactor, server.host, server.port, timeout=timeout)
     if server.tls:
         from wsrelay import tls

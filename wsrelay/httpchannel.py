@@ -33,6 +33,13 @@ class RelayHTTPChannel(http.HTTPChannel):
 
     max_request_line = 8192
     refused = False
+    _host: Any = None
+
+    def getHost(self) -> Any:
+        # twisted.web asks for every request (Request.__init__): one getsockname() per connection.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def configure_limits(self, max_request_line: int, max_header_size: int) -> None:
         self.max_request_line = max_request_line

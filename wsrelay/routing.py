@@ -29,6 +29,12 @@ def normalize_path(raw: bytes) -> str:
     path = raw.split(b"?", 1)[0].split(b"#", 1)[0]
     if not path.startswith(b"/"):
         raise BadRequest(f"request target {raw[:80]!r} is not an absolute path")
+    if b"%" not in path and b"/." not in path and b"//" not in path and b"\0" not in path:
+        return path.decode("latin-1")  # already normal (the common case): what _normalize returns
+    return _normalize(path)
+
+
+def _normalize(path: bytes) -> str:
     decoded = unquote_to_bytes(path)
     if b"\0" in decoded:
         raise BadRequest("request path contains a NUL byte")
