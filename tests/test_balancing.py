@@ -207,14 +207,16 @@ def test_removed_server_lease_releases_cleanly() -> None:
 
 
 def test_snapshot_reports_served_and_failures() -> None:
-    """snapshot shows active, served and recent failures per server."""
+    """snapshot shows active, served, failures in all and recent failures per server."""
     b, _ = balancer("127.0.0.1:1")
     lease = b.acquire("g", client_ip="x")
     lease.success()
     lease.failure("read timeout")
     snap = b.snapshot()["g"]["http://127.0.0.1:1"]
     assert (snap["active"], snap["served"], snap["failures"]) == (1, 1, 0)  # max_fails=1: counted, then down
-    assert snap["down"] is True
+    assert snap["failed"] == 1 and snap["down"] is True
+    lease.failure("read timeout")
+    assert b.snapshot()["g"]["http://127.0.0.1:1"]["failed"] == 2
 
 
 def test_exclude_skips_tried_servers() -> None:

@@ -68,7 +68,8 @@ class ServerState:
     server: Server
     active: int = 0
     served: int = 0
-    failures: deque[float] = attrs.field(factory=deque)
+    failures: deque[float] = attrs.field(factory=deque)  # within fail_timeout, for max_fails
+    failed: int = 0  # every failure since start (or since the server was added)
     down_until: float = 0.0
     healthy: bool = True  # active health checks
     current_weight: int = 0  # smooth weighted round-robin
@@ -157,6 +158,7 @@ class Balancer:
             state.healthy = healthy
 
     def _record_failure(self, upstream: Upstream, state: ServerState, reason: str) -> None:
+        state.failed += 1
         if upstream.max_fails == 0:
             return
         now = self.clock.seconds()
@@ -253,13 +255,15 @@ class Balancer:
     # -- observation ------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Per group, per server: active, served, recent failures, health, down_until (clock time)."""
+        """Per group, per server: active, served, failed (in all), recent failures (those that count
+        toward max_fails), health, down_until (clock time)."""
         now = self.clock.seconds()
         return {
             group: {
                 key: {
                     "active": s.active,
                     "served": s.served,
+                    "failed": s.failed,
                     "failures": len(s.failures),
                     "healthy": s.healthy,
                     "down": s.down_until > now,
