@@ -212,29 +212,18 @@ def test_autobahn_asyncio_client_through_real_relay(demo_upstream: UpstreamProce
 
 def test_tunnel_mode_through_real_relay(demo_upstream: UpstreamProcess, start_relay: Callable[..., RelayProcess]) -> None:
     """Tunnel mode: deflate negotiated end to end with the upstream; messages echo."""
-    relay = start_relay(relay_config(demo_upstream.port))
+    # The demo serves its echo on /ws/echo only and a tunnel keeps the path: make /ws/ the tunnel.
+    relay = start_relay(relay_config(demo_upstream.port).replace("[route /tunnel/]", "[route /ws/]"))
 
     async def go() -> None:
-        async with connect(url(relay, "/tunnel/"), proxy=None, max_size=None) as ws:
-            assert "permessage-deflate" in ws.response.headers.get("Sec-WebSocket-Extensions", "")
-            for message in ["x" * 100000, b"\x01" * 3]:
-                await ws.send(message)
-                assert await ws.recv() == message
-
-    # The demo serves its echo on /ws/echo only; the tunnel route keeps the path, so point it there.
-    relay2 = start_relay(relay_config(demo_upstream.port).replace("[route /tunnel/]", "[route /ws/]"),
-                         name="tunnel.ini")
-
-    async def go2() -> None:
-        async with connect(url(relay2, "/ws/echo"), proxy=None, max_size=None) as ws:
+        async with connect(url(relay, "/ws/echo"), proxy=None, max_size=None) as ws:
             assert "permessage-deflate" in ws.response.headers.get("Sec-WebSocket-Extensions", "")
             for message in ["x" * 100000, b"\x01" * 3]:
                 await ws.send(message)
                 assert await ws.recv() == message
             await ws.close(4002, "tunnelled")
 
-    del go
-    run(go2())
+    run(go())
 
 
 # -- scripted upstream ----------------------------------------------------------------------
