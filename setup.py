@@ -18,7 +18,6 @@ setup(
     python_requires=">=3.11",
     package_dir={"": "."},
     packages=find_packages(include=["wsrelay", "wsrelay.*"]) + ["twisted.plugins"],
-    package_data={"wsrelay": ["demo_static/*"]},
     install_requires=[
         "Twisted[tls]>=25.5",
         "autobahn>=24.4",

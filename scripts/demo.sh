@@ -3,6 +3,8 @@
 # it on http://127.0.0.1:8080/ (etc/relay.ini).  Ctrl-C stops both.
 set -eu
 cd "$(dirname "$0")/.."
+. scripts/debian.sh
+debian_packages scripts/demo.sh venv:python3-venv
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e .

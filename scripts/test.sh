@@ -5,16 +5,8 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-need_apt=""
-command -v openssl >/dev/null 2>&1 || need_apt="$need_apt openssl"
-if [ -n "$need_apt" ]; then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need_apt
-    else
-        echo "scripts/test.sh: please install:$need_apt" >&2
-        exit 1
-    fi
-fi
+. scripts/debian.sh
+debian_packages scripts/test.sh openssl:openssl venv:python3-venv
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
