@@ -1,0 +1,272 @@
+// WebSocket load generator for the wsrelay benchmark (bench/bench.py drives it).
+//
+//   node wsload.js '<json options>'
+//
+// Modes (options.mode):
+//   thr   throughput: `conns` connections, each keeping `window` binary messages of `size` bytes in
+//         flight against an echo upstream; counts echoes during `duration` s after `warmup` s.
+//   lat   latency: `conns` connections, each a closed loop of one `size`-byte message in flight;
+//         round-trip times during `duration` s after `warmup` s; p50/p90/p99/max in microseconds.
+//   idle  opens `count` connections (at most `parallel` handshakes at a time) and holds them;
+//         stdin commands: "add N" opens N more, "close" closes all and exits.
+//
+// Output (stdout, one line each): "START" when the measured window begins, then
+// "END <json>" when it ends (thr/lat); "OPEN <json>" after each batch of idle connections;
+// "FAIL <reason>" on an error before the end.  The process always ends on its own: every wait
+// is bounded (`guard` seconds overall).
+//
+// The client never offers permessage-deflate (perMessageDeflate: false), so every proxy under
+// test relays the same bytes (wsrelay's relay mode would otherwise negotiate compression).
+'use strict';
+
+const crypto = require('crypto');
+const WebSocket = require('ws');
+
+const opt = JSON.parse(process.argv[2] || '{}');
+const mode = opt.mode;
+const url = opt.url;
+const size = opt.size || 64;
+const conns = opt.conns || 1;
+const guard = (opt.guard || ((opt.warmup || 0) + (opt.duration || 0) + 60)) * 1000;
+
+function out(line) {
+  process.stdout.write(line + '\n');
+}
+
+let finished = false;
+function finish(code) {
+  if (finished) return;
+  finished = true;
+  // let stdout drain, then exit
+  process.stdout.write('', () => process.exit(code));
+  setTimeout(() => process.exit(code), 2000);
+}
+
+setTimeout(() => {
+  out('FAIL guard timeout');
+  finish(3);
+}, guard);
+
+function connect() {
+  return new WebSocket(url, { perMessageDeflate: false, maxPayload: 64 * 1024 * 1024, handshakeTimeout: 20000 });
+}
+
+const stats = { errors: 0, unexpected_closes: 0, bad_echoes: 0, close_codes: {} };
+let stopping = false;
+
+function track(ws) {
+  ws.on('error', (err) => {
+    stats.errors += 1;
+    if (!stats.first_error) stats.first_error = String(err && err.message);
+  });
+  ws.on('close', (code) => {
+    stats.close_codes[code] = (stats.close_codes[code] || 0) + 1;
+    if (!stopping) stats.unexpected_closes += 1;
+  });
+}
+
+function openAll(n, onOpen) {
+  const sockets = [];
+  let opened = 0;
+  for (let i = 0; i < n; i++) {
+    const ws = connect();
+    ws.binaryType = 'nodebuffer';
+    track(ws);
+    ws.on('open', () => {
+      opened += 1;
+      if (opened === n) onOpen(sockets);
+    });
+    ws.on('unexpected-response', (req, res) => {
+      out(`FAIL handshake status ${res.statusCode}`);
+      finish(2);
+    });
+    sockets.push(ws);
+  }
+  return sockets;
+}
+
+function closeAllAndExit(sockets, result) {
+  stopping = true;
+  let open = 0;
+  for (const ws of sockets) {
+    if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
+      open += 1;
+      ws.once('close', () => {
+        open -= 1;
+        if (open === 0) finish(0);
+      });
+      try { ws.close(1000); } catch (e) { /* already closing */ }
+    }
+  }
+  if (open === 0) finish(0);
+  setTimeout(() => finish(0), 5000);
+}
+
+function percentile(sorted, p) {
+  if (!sorted.length) return null;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i];
+}
+
+function runMeasured(sockets, startLoad, collect) {
+  const warmup = (opt.warmup || 0) * 1000;
+  const duration = (opt.duration || 1) * 1000;
+  startLoad();
+  setTimeout(() => {
+    const t0 = process.hrtime.bigint();
+    collect.begin(t0);
+    out('START');
+    setTimeout(() => {
+      const t1 = process.hrtime.bigint();
+      const result = collect.end(t1);
+      result.elapsed = Number(t1 - t0) / 1e9;
+      Object.assign(result, stats);
+      out('END ' + JSON.stringify(result));
+      stopping = true;
+      // give in-flight echoes a moment to come back, then close cleanly
+      const deadline = Date.now() + 5000;
+      const wait = () => {
+        if (collect.inflight() === 0 || Date.now() > deadline) closeAllAndExit(sockets);
+        else setTimeout(wait, 20);
+      };
+      wait();
+    }, duration);
+  }, warmup);
+}
+
+function throughput() {
+  const window = opt.window || 1;
+  const payload = crypto.randomBytes(size);
+  let counting = false;
+  let msgs = 0;
+  let inflight = 0;
+  const sockets = openAll(conns, () => {
+    runMeasured(sockets, () => {
+      for (const ws of sockets) {
+        for (let i = 0; i < window; i++) {
+          ws.send(payload, { binary: true });
+          inflight += 1;
+        }
+      }
+    }, {
+      begin() { counting = true; msgs = 0; },
+      end() { counting = false; return { msgs, bytes: msgs * size }; },
+      inflight() { return inflight; },
+    });
+  });
+  for (const ws of sockets) {
+    ws.on('message', (data) => {
+      inflight -= 1;
+      if (data.length !== size) stats.bad_echoes += 1;
+      if (counting) msgs += 1;
+      if (!stopping) {
+        ws.send(payload, { binary: true });
+        inflight += 1;
+      }
+    });
+  }
+}
+
+function latency() {
+  const payload = crypto.randomBytes(size);
+  let counting = false;
+  let samples = [];
+  let inflight = 0;
+  const sent = new Map();
+  const send = (ws) => {
+    sent.set(ws, process.hrtime.bigint());
+    inflight += 1;
+    ws.send(payload, { binary: true });
+  };
+  const sockets = openAll(conns, () => {
+    runMeasured(sockets, () => {
+      for (const ws of sockets) send(ws);
+    }, {
+      begin() { counting = true; samples = []; },
+      end() {
+        counting = false;
+        const s = Float64Array.from(samples).sort();
+        return {
+          msgs: s.length,
+          bytes: s.length * size,
+          p50_us: percentile(s, 50),
+          p90_us: percentile(s, 90),
+          p99_us: percentile(s, 99),
+          max_us: s.length ? s[s.length - 1] : null,
+        };
+      },
+      inflight() { return inflight; },
+    });
+  });
+  for (const ws of sockets) {
+    ws.on('message', (data) => {
+      const rtt = Number(process.hrtime.bigint() - sent.get(ws)) / 1000;
+      inflight -= 1;
+      if (data.length !== size) stats.bad_echoes += 1;
+      if (counting) samples.push(rtt);
+      if (!stopping) send(ws);
+    });
+  }
+}
+
+function idle() {
+  const parallel = opt.parallel || 100;
+  const sockets = [];
+  let failed = 0;
+
+  function openBatch(n, done) {
+    let started = 0;
+    let settled = 0;
+    const next = () => {
+      while (started < n && started - settled < parallel) {
+        started += 1;
+        const ws = connect();
+        track(ws);
+        let settledThis = false;
+        const settle = (ok) => {
+          if (settledThis) return;
+          settledThis = true;
+          settled += 1;
+          if (!ok) failed += 1;
+          if (settled === n) done();
+          else next();
+        };
+        ws.on('open', () => settle(true));
+        ws.on('error', () => settle(false));
+        ws.on('close', () => settle(false));
+        sockets.push(ws);
+      }
+    };
+    if (n === 0) done();
+    else next();
+  }
+
+  const report = () => {
+    const open = sockets.filter((ws) => ws.readyState === WebSocket.OPEN).length;
+    out('OPEN ' + JSON.stringify({ open, failed, errors: stats.errors, first_error: stats.first_error || null }));
+  };
+  openBatch(opt.count || 0, report);
+
+  let buf = '';
+  process.stdin.setEncoding('utf8');
+  process.stdin.on('data', (chunk) => {
+    buf += chunk;
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i).trim();
+      buf = buf.slice(i + 1);
+      const [cmd, arg] = line.split(/\s+/);
+      if (cmd === 'add') openBatch(Number(arg), report);
+      else if (cmd === 'close') closeAllAndExit(sockets);
+    }
+  });
+  process.stdin.on('end', () => closeAllAndExit(sockets));
+}
+
+if (mode === 'thr') throughput();
+else if (mode === 'lat') latency();
+else if (mode === 'idle') idle();
+else {
+  out('FAIL unknown mode ' + mode);
+  finish(2);
+}
