@@ -189,8 +189,8 @@ class RelayProcess(Process):
 class UpstreamProcess(Process):
     """The demo upstream (HTML page, /api/info, /ws/echo) on 127.0.0.1, port chosen by the OS."""
 
-    def __init__(self, cwd: Path, timeout: float = 20.0) -> None:
-        super().__init__([sys.executable, "-m", "wsrelay.demo", "--port", "0"], cwd)
+    def __init__(self, cwd: Path, timeout: float = 20.0, port: int = 0) -> None:
+        super().__init__([sys.executable, "-m", "wsrelay.demo", "--port", str(port)], cwd)
         m = self.output.wait_for(r"demo upstream listening on http://127\.0\.0\.1:(\d+)/", timeout)
         self.port = int(m.group(1))
 

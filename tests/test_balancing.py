@@ -170,6 +170,20 @@ def test_active_health_marks() -> None:
     assert set(picks(b, 4)) == {1, 2}
 
 
+def test_server_brought_back_by_health_checks_is_out_of_passive_down_too() -> None:
+    """Passive health took the server out for fail_timeout; the active check saw it down, then up:
+    it takes requests again at once."""
+    b, clock = balancer("127.0.0.1:1 127.0.0.1:2")
+    b.acquire("g", client_ip="x", exclude={"http://127.0.0.1:2"}).failure("connect error")
+    b.mark_health("g", "http://127.0.0.1:1", False)
+    assert b.snapshot()["g"]["http://127.0.0.1:1"]["down"] is True
+    clock.advance(1)
+    b.mark_health("g", "http://127.0.0.1:1", True)
+    snap = b.snapshot()["g"]["http://127.0.0.1:1"]
+    assert snap["down"] is False and snap["healthy"] is True and snap["failures"] == 0
+    assert {b.acquire("g", client_ip="x").server.port for _ in range(4)} == {1, 2}
+
+
 def test_max_fails_zero_disables_passive_health() -> None:
     """max_fails = 0: failures never take a server out."""
     b, _ = balancer("127.0.0.1:1", "max_fails = 0")

@@ -1,12 +1,14 @@
-"""Upstream faults with real processes: an upstream that dies under 100 relayed WebSockets.
+"""Upstream faults with real processes: upstreams that die under load or one after the other.
 
 (Refused, silent and resetting upstreams are in test_integration_http.py and test_ws_process.py;
-balancing around a dead server in test_balancing.py.)"""
+the balancing and health logic, with a clock, in test_balancing.py and test_healthcheck.py.)"""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -62,3 +64,68 @@ upstream = demo
         assert poll_until(lambda: relay.open_fds() <= baseline), f"baseline {baseline}: " + " ".join(relay.fd_targets())
     finally:
         upstream.stop()
+
+
+def get(port: int, path: str = "/api/info") -> tuple[int, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            response.read()
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as e:
+        e.read()
+        return e.code, dict(e.headers)
+
+
+def test_servers_dying_and_coming_back(tmp_path: Path, start_relay: Callable[..., RelayProcess]) -> None:
+    """Two real upstreams, round robin: both serve; one killed, every request still succeeds (the
+    failed connect is retried on the other, then the dead one is out); both killed, 503 with
+    Retry-After; one restarted, the active health check brings it back."""
+    a, b = UpstreamProcess(tmp_path), UpstreamProcess(tmp_path)
+    revived: UpstreamProcess | None = None
+    try:
+        relay = start_relay(f"""
+[wsrelay]
+listen = tcp:0:interface=127.0.0.1
+access_log = -
+[upstream demo]
+servers = 127.0.0.1:{a.port} 127.0.0.1:{b.port}
+balance = round_robin
+max_fails = 1
+fail_timeout = 30s
+health_check = /api/info
+health_interval = 200ms
+health_timeout = 100ms
+health_rise = 1
+health_fall = 1
+[route /]
+upstream = demo
+""")
+
+        def served(start: int) -> list[int]:
+            return [int(m) for line in relay.output.lines[start:]
+                    for m in re.findall(r'"GET /api/info HTTP/1\.1" 200 .* upstream=127\.0\.0\.1:(\d+)', line)]
+
+        start = len(relay.output.lines)
+        assert [get(relay.port)[0] for _ in range(4)] == [200] * 4
+        assert poll_until(lambda: len(served(start)) == 4)
+        assert sorted(served(start)) == sorted([a.port, b.port] * 2)
+
+        a.signal(signal.SIGKILL)
+        a.wait()
+        start = len(relay.output.lines)
+        assert [get(relay.port)[0] for _ in range(6)] == [200] * 6
+        assert poll_until(lambda: len(served(start)) == 6)
+        assert set(served(start)) == {b.port}
+
+        b.signal(signal.SIGKILL)
+        b.wait()
+        assert poll_until(lambda: get(relay.port)[0] == 503, timeout=10)
+        status, headers = get(relay.port)
+        assert status == 503 and int(headers["Retry-After"]) >= 1
+
+        revived = UpstreamProcess(tmp_path, port=b.port)
+        assert poll_until(lambda: get(relay.port)[0] == 200, timeout=10)
+    finally:
+        for upstream in (a, b, revived):
+            if upstream is not None:
+                upstream.stop()

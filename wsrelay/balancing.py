@@ -153,9 +153,14 @@ class Balancer:
     # -- health -----------------------------------------------------------------------------
 
     def mark_health(self, group: str, server_key: str, healthy: bool) -> None:
+        """The active health check's verdict changed.  A server it brings back up is back for
+        requests at once, even if passive health had also taken it out (as in HAProxy)."""
         state = self.states.get(group, {}).get(server_key)
         if state is not None:
             state.healthy = healthy
+            if healthy:
+                state.down_until = 0.0
+                state.failures.clear()
 
     def _record_failure(self, upstream: Upstream, state: ServerState, reason: str) -> None:
         state.failed += 1
