@@ -7,54 +7,29 @@ import hashlib
 import struct
 
 import pytest
-from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
 from twisted.test import iosim
 
-from tests.test_websocket import KEY, Harness, RawClient, frame, handshake, header_lines, parse_frames, status
+from tests.test_websocket import (
+    GUID,
+    KEY,
+    Harness,
+    RawClient,
+    RawUpstream,
+    frame,
+    handshake,
+    header_lines,
+    parse_frames,
+    status,
+)
 from wsrelay.tunnel import FrameTracker, response_head
+from wsrelay.upgrade import CLOSE_HANDSHAKE_TIMEOUT
 
 TUNNEL = "ws_mode = tunnel"
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-class RawUpstream(Protocol):
-    """An upstream that answers the handshake with ``answer`` (a 101 by default) and keeps the rest."""
-
-    def __init__(self, answer: bytes | None = None, after: bytes = b"") -> None:
-        self.answer = answer
-        self.after = after
-        self.request = b""
-        self.received = b""
-        self.lost = False
-
-    def dataReceived(self, data: bytes) -> None:
-        if not self.request:
-            head, sep, rest = data.partition(b"\r\n\r\n")
-            self.request = head
-            key = header_lines(head, b"sec-websocket-key")[0]
-            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-            answer = self.answer or (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                                     b"Connection: Upgrade, Keep-Alive\r\nKeep-Alive: timeout=5\r\n"
-                                     b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: chat\r\n"
-                                     b"X-Upstream: yes\r\n\r\n")
-            self.transport.write(answer + self.after)
-            data = rest
-        self.received += data
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.lost = True
-
-
-def accept(h: Harness, upstream: RawUpstream, index: int = -1) -> iosim.FakeTransport:
-    host, port, wrapping, _, _ = h.clock.tcpClients[index]
-    relay_side = wrapping.buildProtocol(IPv4Address("TCP", host, port))
-    u_io = iosim.FakeTransport(upstream, True)
-    r_io = iosim.FakeTransport(relay_side, False)
-    h.pumps.append(iosim.connect(upstream, u_io, relay_side, r_io, greet=False, clock=h.clock))
-    h.settle()
-    return r_io
+def accept(h: Harness, upstream: Protocol, index: int = -1) -> iosim.FakeTransport:
+    return h.accept_raw(upstream, index)
 
 
 def open_tunnel(h: Harness, after: bytes = b"", request: bytes | None = None) -> tuple[RawClient, RawUpstream]:
@@ -192,6 +167,114 @@ def test_shutdown_closes_tunnel_with_1001() -> None:
     h.settle()
     assert client.frames[-1][1:] == (8, struct.pack("!H", 1001) + b"server shutting down")
     assert not h.gateway.live
+
+
+class PausableTransport(iosim.FakeTransport):
+    """An iosim transport that, like a TCP one, hands its protocol nothing while it is paused."""
+
+    paused = False
+    held = b""
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        held, self.held = self.held, b""
+        if held:
+            self.protocol.dataReceived(held)
+
+    def bufferReceived(self, buf: bytes) -> None:
+        if self.paused:
+            self.held += buf
+        else:
+            super().bufferReceived(buf)
+
+
+def stall(h: Harness, side: str) -> tuple[iosim.FakeTransport, list[iosim.FakeTransport]]:
+    """``side``'s peer reads nothing more (its connection is no longer pumped).  Returns wsrelay's
+    transport toward it and the list its aborts are recorded in (iosim's abortConnection is a
+    loseConnection; this one ends the connection at once, as a real abort does)."""
+    pair = next(iter(h.gateway.live))
+    transport = h.server_io if side == "client" else pair.up.transport
+    h.pumps.pop(0 if side == "client" else 1)
+    aborted: list[iosim.FakeTransport] = []
+
+    def abort() -> None:
+        aborted.append(transport)
+        transport.disconnected = True
+        transport.reportDisconnect()
+
+    transport.abortConnection = abort  # type: ignore[method-assign]
+    return transport, aborted
+
+
+@pytest.mark.parametrize(("side", "ending"), [
+    ("client", "shutdown"), ("client", "idle timeout"), ("client", "other side closed"),
+    ("upstream", "shutdown"), ("upstream", "other side closed"),
+])
+def test_peer_that_never_reads_is_aborted_after_close_timeout(side: str, ending: str) -> None:
+    """A closing tunnel whose peer does not read (so its close never completes) aborts that
+    connection CLOSE_HANDSHAKE_TIMEOUT seconds later: the pair ends and its lease is released."""
+    h = Harness(TUNNEL + "\nws_idle_timeout = 60s")
+    client, upstream = open_tunnel(h)
+    transport, aborted = stall(h, side)
+    if ending == "shutdown":
+        h.gateway.shutdown_all()
+    elif ending == "idle timeout":
+        h.clock.advance(60)
+    else:
+        (upstream if side == "client" else client).transport.loseConnection()
+    h.settle()
+    assert transport.disconnecting and len(h.gateway.live) == 1
+    h.clock.advance(CLOSE_HANDSHAKE_TIMEOUT - 0.1)
+    assert aborted == []
+    h.clock.advance(0.2)
+    h.settle()
+    assert aborted == [transport]
+    assert not h.gateway.live
+    assert all(s["active"] == 0 for s in h.gateway.balancer.snapshot()["up"].values())
+
+
+def test_closing_peer_that_reads_is_not_aborted() -> None:
+    """A peer that takes its close in time is never aborted, and no timer is left behind."""
+    h = Harness(TUNNEL)
+    client, upstream = open_tunnel(h)
+    pair = next(iter(h.gateway.live))
+    aborted: list[str] = []
+    h.server_io.abortConnection = lambda: aborted.append("client")  # type: ignore[method-assign]
+    pair.up.transport.abortConnection = lambda: aborted.append("upstream")
+    h.gateway.shutdown_all()
+    h.settle()
+    assert client.lost and upstream.lost and not h.gateway.live
+    h.advance(2 * CLOSE_HANDSHAKE_TIMEOUT, step=1)
+    assert aborted == []
+    assert not [c for c in h.clock.getDelayedCalls() if getattr(c.func, "__self__", None) is pair]
+
+
+@pytest.mark.parametrize("slow", ["client", "upstream"])
+def test_side_that_stops_reading_pauses_reading_from_the_other(slow: str) -> None:
+    """Each transport has the other as its producer: when the slow side's socket is full (its
+    transport pauses its producer), wsrelay stops reading the other side until it resumes."""
+    h = Harness(TUNNEL)
+    h.transport_type = PausableTransport
+    client, upstream = open_tunnel(h)
+    pair = next(iter(h.gateway.live))
+    toward_client, toward_upstream = h.server_io, pair.up.transport
+    full, other = (toward_client, toward_upstream) if slow == "client" else (toward_upstream, toward_client)
+    assert full.streamingProducer
+    full.producer.pauseProducing()  # what a TCP transport does when its write buffer is full
+    assert other.paused
+    data = frame(2, b"held back", mask=slow == "upstream")
+    (upstream if slow == "client" else client).transport.write(data)
+    h.settle()
+    assert client.frames == [] and upstream.received == b""
+    full.producer.resumeProducing()
+    h.settle()
+    if slow == "client":
+        assert client.frames == [(True, 2, b"held back")]
+    else:
+        assert upstream.received == data
 
 
 def test_tunnel_metrics_count_octets_per_hop() -> None:

@@ -8,6 +8,7 @@ upstream server.  Time moves only with ``clock.advance``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import struct
 from typing import Any
@@ -42,10 +43,14 @@ listen = tcp:0:interface=127.0.0.1
 access_log = -  ; written to Harness.log, see below
 [upstream up]
 servers = 127.0.0.1:9001 127.0.0.1:9002
+{upstream_extra}
 [route /]
 upstream = up
 {extra}
 """
+
+#: Both WebSocket modes, for behaviour they share (the handshake, passive health, retries).
+MODES = pytest.mark.parametrize("mode", ["ws_mode = relay", "ws_mode = tunnel"])
 
 #: Route settings of the tests unless a test gives its own.
 ROUTE_DEFAULTS = {"retries": "1", "ws_ping_interval": "off", "ws_handshake_timeout": "10s"}
@@ -60,6 +65,7 @@ def route_settings(extra: str) -> str:
     return "\n".join(f"{k} = {v}" for k, v in settings.items())
 
 KEY = base64.b64encode(b"0123456789abcdef")
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def handshake(path: bytes = b"/chat?a=1&b=%20", extra: list[bytes] | None = None, *,
@@ -120,6 +126,41 @@ class RawClient(Protocol):
     @property
     def frames(self) -> list[tuple[bool, int, bytes]]:
         return parse_frames(self.received.partition(b"\r\n\r\n")[2])
+
+
+class RawUpstream(Protocol):
+    """An upstream that answers the handshake with ``answer`` (a 101 by default) and keeps the rest."""
+
+    def __init__(self, answer: bytes | None = None, after: bytes = b"") -> None:
+        self.answer = answer
+        self.after = after
+        self.request = b""
+        self.received = b""
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.request:
+            head, sep, rest = data.partition(b"\r\n\r\n")
+            self.request = head
+            key = header_lines(head, b"sec-websocket-key")[0]
+            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+            answer = self.answer or (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                     b"Connection: Upgrade, Keep-Alive\r\nKeep-Alive: timeout=5\r\n"
+                                     b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: chat\r\n"
+                                     b"X-Upstream: yes\r\n\r\n")
+            self.transport.write(answer + self.after)
+            data = rest
+        self.received += data
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost = True
+
+
+class ClosingUpstream(Protocol):
+    """An upstream that closes its connection when the handshake arrives, without an answer."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.loseConnection()
 
 
 class Recorder:
@@ -189,9 +230,12 @@ def upstream_factory(clock: MemoryReactorClock, **attrs: Any) -> WebSocketServer
 class Harness:
     """wsrelay's site and gateway on a fake clock, with in-memory connections."""
 
-    def __init__(self, extra: str = "") -> None:
+    #: The class of wsrelay's in-memory transports toward the client and toward raw upstreams.
+    transport_type: type[iosim.FakeTransport] = iosim.FakeTransport
+
+    def __init__(self, extra: str = "", upstream_extra: str = "") -> None:
         self.clock = MemoryReactorClock()
-        self.config = config.parse(CONFIG.format(extra=route_settings(extra)))
+        self.config = config.parse(CONFIG.format(extra=route_settings(extra), upstream_extra=upstream_extra))
         self.gateway = Gateway(self.clock, self.config)
         self.site = RelaySite(self.gateway, self.config.listeners[0])
         self.pumps: list[iosim.IOPump] = []
@@ -202,7 +246,7 @@ class Harness:
     def connect_client(self, proto: Protocol) -> iosim.FakeTransport:
         """Connect ``proto`` to wsrelay's site; returns the client's transport."""
         server = self.site.buildProtocol(IPv4Address("TCP", "10.1.2.3", 40000))
-        s_io = iosim.FakeTransport(server, True, IPv4Address("TCP", "127.0.0.1", 8080),
+        s_io = self.transport_type(server, True, IPv4Address("TCP", "127.0.0.1", 8080),
                                    IPv4Address("TCP", "10.1.2.3", 40000))
         c_io = iosim.FakeTransport(proto, False, IPv4Address("TCP", "10.1.2.3", 40000),
                                    IPv4Address("TCP", "127.0.0.1", 8080))
@@ -246,6 +290,16 @@ class Harness:
             self.settle()
         return upstream
 
+    def accept_raw(self, upstream: Protocol, index: int = -1) -> iosim.FakeTransport:
+        """Complete connection attempt ``index`` with ``upstream``; returns wsrelay's transport toward it."""
+        host, port, wrapping, _, _ = self.clock.tcpClients[index]
+        relay_side = wrapping.buildProtocol(IPv4Address("TCP", host, port))
+        u_io = iosim.FakeTransport(upstream, True)
+        r_io = self.transport_type(relay_side, False)
+        self.pumps.append(iosim.connect(upstream, u_io, relay_side, r_io, greet=False, clock=self.clock))
+        self.settle()
+        return r_io
+
     def settle(self) -> None:
         for _ in range(10000):
             if not any([p.pump() for p in self.pumps]):
@@ -271,6 +325,15 @@ def status(client: RawClient) -> int:
 def header_lines(head: bytes, name: bytes) -> list[bytes]:
     return [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")[1:]
             if line.split(b":", 1)[0].strip().lower() == name.lower()]
+
+
+def servers_down(h: Harness) -> int:
+    """How many servers of the test group passive health has taken out (max_fails = 1: one failure)."""
+    return sum(s["down"] for s in h.gateway.balancer.snapshot()["up"].values())
+
+
+def body(client: RawClient) -> bytes:
+    return client.received.partition(b"\r\n\r\n")[2]
 
 
 def open_pair(h: Harness, **behaviour: Any) -> tuple[Client, Upstream]:
@@ -327,6 +390,114 @@ def test_upstream_refusal_status_reaches_client() -> None:
     assert not h.gateway.live
 
 
+@MODES
+def test_upstream_redirect_reaches_client_with_its_headers_and_body(mode: str) -> None:
+    """A 302 reaches the client as a 302 with Location, every Set-Cookie line, Content-Type and the
+    body that came with it; hop-by-hop fields (and those Connection names) do not."""
+    h = Harness(mode)
+    client = h.raw_client(handshake())
+    h.accept_raw(RawUpstream(answer=(
+        b"HTTP/1.1 302 Found\r\nLocation: https://login.example/?next=%2Fchat\r\nSet-Cookie: a=1; Path=/\r\n"
+        b"Set-Cookie: b=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n"
+        b"Keep-Alive: timeout=5\r\nContent-Type: text/html\r\nContent-Length: 5\r\nCache-Control: private\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n<a/>\n")))
+    assert status(client) == 302
+    assert header_lines(client.head, b"location") == [b"https://login.example/?next=%2Fchat"]
+    assert header_lines(client.head, b"set-cookie") == [b"a=1; Path=/", b"b=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT"]
+    assert header_lines(client.head, b"content-type") == [b"text/html"]
+    assert header_lines(client.head, b"cache-control") == [b"private"]
+    for gone in (b"x-hop", b"keep-alive", b"sec-websocket-version"):
+        assert header_lines(client.head, gone) == []
+    assert body(client) == b"<a/>\n"
+    assert not h.gateway.live and servers_down(h) == 0
+
+
+@MODES
+def test_upstream_challenge_reaches_client_with_a_plain_body(mode: str) -> None:
+    """A 401 keeps its WWW-Authenticate; a body that did not come whole with the head is replaced
+    by a plain-text one, with none of the fields that described the upstream's."""
+    h = Harness(mode)
+    client = h.raw_client(handshake())
+    h.accept_raw(RawUpstream(answer=(
+        b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"chat\"\r\nContent-Type: application/json\r\n"
+        b"Content-Language: en\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"e\":\r\n")))
+    assert status(client) == 401
+    assert header_lines(client.head, b"www-authenticate") == [b'Bearer realm="chat"']
+    assert header_lines(client.head, b"content-type") == [b"text/plain; charset=utf-8"]
+    assert header_lines(client.head, b"content-language") == []
+    assert body(client) == b"401 Unauthorized\n"
+
+
+@MODES
+@pytest.mark.parametrize(("answer", "code", "field"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 200, None),
+    (b"HTTP/1.1 204 No Content\r\nX-Why: none\r\n\r\n", 204, (b"x-why", b"none")),
+    (b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\n\r\n", 307, (b"location", b"/elsewhere")),
+    (b"HTTP/1.1 503 Busy\r\nRetry-After: 30\r\n\r\n", 503, (b"retry-after", b"30")),
+    (b"HTTP/1.1 100 Continue\r\n\r\n", 502, None),
+    (b"HTTP/1.1 600 Odd\r\n\r\n", 502, None),
+], ids=["200", "204", "307", "503", "100", "600"])
+def test_upstream_final_status_passed_on_1xx_is_502(mode: str, answer: bytes, code: int,
+                                                    field: tuple[bytes, bytes] | None) -> None:
+    """Any final status (2xx to 5xx) reaches the client with its fields; a 1xx, not a final answer,
+    is a 502 and a failure of that server (a broken answer, as on the HTTP side)."""
+    h = Harness(mode)
+    client = h.raw_client(handshake())
+    h.accept_raw(RawUpstream(answer=answer))
+    assert status(client) == code
+    if field is not None:
+        assert header_lines(client.head, field[0]) == [field[1]]
+    if code == 204:
+        assert header_lines(client.head, b"content-length") == [] and body(client) == b""
+    assert servers_down(h) == (1 if code == 502 else 0)
+    assert not h.gateway.live
+
+
+@MODES
+def test_fail_statuses_count_as_server_failure_other_refusals_do_not(mode: str) -> None:
+    """A refusal with a status in the group's fail_statuses is a failure of that server; another is not."""
+    h = Harness(mode, upstream_extra="fail_statuses = 503")
+    first = h.raw_client(handshake())
+    h.accept_raw(RawUpstream(answer=b"HTTP/1.1 503 Service Unavailable\r\n\r\n"))
+    assert status(first) == 503 and servers_down(h) == 1
+    second = h.raw_client(handshake())
+    h.accept_raw(RawUpstream(answer=b"HTTP/1.1 403 Forbidden\r\n\r\n"))
+    assert status(second) == 403 and servers_down(h) == 1
+
+
+@MODES
+def test_handshake_timeout_is_a_server_failure(mode: str) -> None:
+    """An upstream that takes the connection but never answers the handshake: 504, and a failure
+    of that server for passive health (max_fails = 1 takes it out)."""
+    h = Harness(mode + "\nws_handshake_timeout = 3s")
+    client = h.raw_client(handshake())
+    h.accept_raw(Protocol())
+    h.advance(3.1)
+    assert status(client) == 504
+    assert servers_down(h) == 1
+
+
+@MODES
+def test_upstream_closing_during_handshake_is_a_server_failure(mode: str) -> None:
+    """An upstream that closes the connection instead of answering: 502, and a failure of that server."""
+    h = Harness(mode)
+    client = h.raw_client(handshake())
+    h.accept_raw(ClosingUpstream())
+    assert status(client) == 502
+    assert servers_down(h) == 1 and not h.gateway.live
+
+
+@MODES
+def test_no_retry_once_retry_timeout_has_passed(mode: str) -> None:
+    """A connect failure after retry_timeout is not retried on another server (retries left or not): 502."""
+    h = Harness(mode + "\nretry_timeout = 1s")
+    client = h.raw_client(handshake())
+    h.advance(1.5)
+    h.refuse_upstream(0)
+    assert h.attempts() == 1
+    assert status(client) == 502
+
+
 def test_unreachable_upstream_retries_next_server_then_502() -> None:
     """A refused connection is retried on the other server (route retries), then 502."""
     h = Harness()
@@ -336,6 +507,18 @@ def test_unreachable_upstream_retries_next_server_then_502() -> None:
     assert h.clock.tcpClients[0][1] != h.clock.tcpClients[1][1]
     assert client.received == b""
     h.refuse_upstream(1)
+    assert status(client) == 502
+    assert not h.gateway.live
+
+
+def test_retries_left_but_no_server_left_gives_the_failure_itself() -> None:
+    """retries = 3 with two servers, both refusing: the client gets 502 (what happened), not 503
+    ('no server available')."""
+    h = Harness("retries = 3")
+    client = h.raw_client(handshake())
+    h.refuse_upstream(0)
+    h.refuse_upstream(1)
+    assert h.attempts() == 2
     assert status(client) == 502
     assert not h.gateway.live
 

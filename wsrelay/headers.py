@@ -11,6 +11,7 @@ names, plus the well-known ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trail
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 Header = tuple[bytes, bytes]
@@ -18,6 +19,8 @@ Header = tuple[bytes, bytes]
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 #: Set by wsrelay itself toward the upstream; any copy from the client is replaced (or appended to).
 FORWARDED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"})
@@ -56,6 +59,22 @@ def is_websocket_upgrade(headers: Sequence[Header]) -> bool:
 def bad_value(value: bytes) -> bool:
     """True if a field value holds CR, LF or NUL (RFC 9110 section 5.5: never forwarded)."""
     return b"\r" in value or b"\n" in value or b"\0" in value
+
+
+def parse_head(head: bytes) -> tuple[bytes, list[Header]]:
+    """An HTTP message head's first line and its fields, in wire order.
+
+    Only well-formed ``token: value`` lines are kept: a line without a colon or with a bad field
+    name (obsolete line folding included) and a value with CR, LF or NUL are left out, so nothing
+    malformed is ever passed on.
+    """
+    first, *lines = head.rstrip(b"\r\n").split(b"\r\n")
+    fields: list[Header] = []
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if sep and _TOKEN.fullmatch(name) and not bad_value(value):
+            fields.append((name, value.strip(b" \t")))
+    return first, fields
 
 
 def strip_hop_by_hop(headers: Iterable[Header], extra: Iterable[bytes] = ()) -> list[Header]:

@@ -12,7 +12,9 @@ wsrelay never parses payloads here, but it follows frame *headers* in each direc
 (:class:`FrameTracker`) so that it knows when it may put a frame of its own on the wire.
 ``ws_idle_timeout`` (no byte in either direction for that long) and shutdown send each side a
 close frame with 1001 (masked toward the upstream, as a client must) when that direction is at a
-frame boundary and has not carried a close frame yet, then close both connections.
+frame boundary and has not carried a close frame yet, then close both connections.  A connection
+being closed that is still open ``CLOSE_HANDSHAKE_TIMEOUT`` seconds later (a peer that does not
+read what is queued toward it) is aborted, as in relay mode.
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ import struct
 from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from wsrelay import headers as H
 from wsrelay.config import Route, Upstream
 from wsrelay.errors import CLOSE_GOING_AWAY, BadGateway
-from wsrelay.upgrade import Upgrade
+from wsrelay.upgrade import CLOSE_HANDSHAKE_TIMEOUT, Upgrade
+
+log = Logger()
 
 MAX_RESPONSE_HEAD = 65536
 
@@ -137,7 +142,7 @@ class _UpstreamSide(Protocol):
         end = self.head.find(b"\r\n\r\n")
         if end < 0:
             if len(self.head) > MAX_RESPONSE_HEAD:
-                self.tunnel.refuse(BadGateway("upstream handshake response too large"))
+                self.tunnel.handshake_failed("bad handshake", BadGateway("upstream handshake response too large"))
             return
         head, rest = self.head[:end + 4], self.head[end + 4:]
         self.head = b""
@@ -173,6 +178,7 @@ class Tunnel(Upgrade):
         self.sent = 0
         self.to_client_frames = FrameTracker()
         self.to_upstream_frames = FrameTracker()
+        self.abort_timers: dict[str, Any] = {}
 
     def upstream_factory(self) -> Factory:
         return _QuietFactory.forProtocol(lambda: _UpstreamSide(self))
@@ -191,10 +197,9 @@ class Tunnel(Upgrade):
         up.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
 
     def upstream_answered(self, head: bytes, rest: bytes) -> None:
-        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = status_line.split(" ", 2)
-        if len(parts) < 2 or parts[1] != "101":
-            self.handshake_refused(status_line, "not a 101")
+        parts = head.split(b"\r\n", 1)[0].split(b" ", 2)
+        if len(parts) < 2 or parts[1] != b"101":
+            self.handshake_refused(head, rest, "not a 101")
             return
         self.lease.success()
         self.open_tunnel(response_head(head, self.lease.set_cookie()), rest)
@@ -244,25 +249,45 @@ class Tunnel(Upgrade):
                 self.to_client_frames.close_seen = True
                 self.client_transport.write(close_frame(CLOSE_GOING_AWAY, why, masked=False))
                 self.metrics.close_out(self.route.name, "client", CLOSE_GOING_AWAY)
-            self.client_transport.loseConnection()
+            self.close_side("client", self.client_transport)
         if self.up is not None and self.up.transport is not None:
             if self.to_upstream_frames.at_boundary and not self.to_upstream_frames.close_seen:
                 self.to_upstream_frames.close_seen = True
                 self.up.transport.write(close_frame(CLOSE_GOING_AWAY, why, masked=True))
                 self.metrics.close_out(self.route.name, "upstream", CLOSE_GOING_AWAY)
-            self.up.transport.loseConnection()
+            self.close_side("upstream", self.up.transport)
+
+    def close_side(self, side: str, transport: Any) -> None:
+        """Close ``side`` once what is queued toward it is written; abort it if it is still open
+        ``CLOSE_HANDSHAKE_TIMEOUT`` seconds later (a peer that never reads would otherwise keep its
+        connection, this pair and its server's connection count forever)."""
+        transport.loseConnection()
+        if side not in self.lost and side not in self.abort_timers:
+            self.abort_timers[side] = self.reactor.callLater(CLOSE_HANDSHAKE_TIMEOUT, self.abort_side, side, transport)
+
+    def abort_side(self, side: str, transport: Any) -> None:
+        del self.abort_timers[side]
+        if side not in self.lost:
+            log.info("route {route}: tunnel {side} still open {timeout}s after its close; aborting",
+                     route=self.route.name, side=side, timeout=CLOSE_HANDSHAKE_TIMEOUT)
+            transport.abortConnection()
 
     def side_lost(self, side: str, reason: Failure | None) -> None:
         if side in self.lost:
             return
         self.lost.add(side)
+        timer = self.abort_timers.pop(side, None)
+        if timer is not None and timer.active():
+            timer.cancel()
         if side == "upstream" and self.client_transport is None:
-            if not self.answered:
-                self.refuse(BadGateway("upstream closed during the WebSocket handshake"))
+            self.handshake_failed("closed during handshake",
+                                  BadGateway("upstream closed during the WebSocket handshake"))
             return
-        other = self.up.transport if side == "client" and self.up is not None else self.client_transport
-        if other is not None:
-            other.loseConnection()  # after what is buffered toward it is written
+        if side == "client":
+            if self.up is not None and self.up.transport is not None:
+                self.close_side("upstream", self.up.transport)  # after what is queued toward it is written
+        elif self.client_transport is not None:
+            self.close_side("client", self.client_transport)
         if {"client", "upstream"} <= self.lost or (side == "client" and self.up is None):
             self.end()
 

@@ -3,10 +3,13 @@
 What a relayed pair (``websocket.py``) and a byte tunnel (``tunnel.py``) share:
 
 - the upstream connection: a server from the balancer, the next one when it cannot be reached
-  (``retries`` times), the lease's passive-health verdict;
-- the answer to the client: an HTTP refusal (the upstream's 4xx/5xx, 502, 504 when nothing
-  answers within ``ws_handshake_timeout``, 503 at shutdown), or, after the upstream's 101, the
-  takeover of the client's connection from twisted.web, bytes the client pipelined included;
+  (``retries`` times within ``retry_timeout``), the lease's passive-health verdict (a failure for
+  a connect error, a handshake timeout, a connection closed or a broken answer during the
+  handshake, a status in ``fail_statuses``);
+- the answer to the client: an HTTP refusal (the upstream's own final answer, 2xx to 5xx, with
+  its end-to-end fields; 502, 504 when nothing answers within ``ws_handshake_timeout``, 503 at
+  shutdown), or, after the upstream's 101, the takeover of the client's connection from
+  twisted.web, bytes the client pipelined included;
 - a client that leaves before its answer leaves no upstream connection behind;
 - the idle timer, and at the end one access-log line, the lease released, the gateway told.
 
@@ -27,8 +30,10 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
+from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.server import Request
 
+from wsrelay import headers as H
 from wsrelay.accesslog import format_line
 from wsrelay.answers import answer_error
 from wsrelay.config import Route, Upstream
@@ -37,6 +42,18 @@ from wsrelay.errors import BadGateway, GatewayTimeout, ProxyError, ServiceUnavai
 
 log = Logger()
 
+#: Seconds a peer gets to take its close (a close frame, or the last bytes before FIN) before its
+#: connection is aborted.
+CLOSE_HANDSHAKE_TIMEOUT = 5.0
+
+#: The longest upstream refusal body passed on to the client.
+REFUSAL_BODY_MAX = 65536
+
+#: Fields of an upstream refusal never passed on, besides hop-by-hop ones: the framing (wsrelay
+#: frames the body itself) and fields twisted.web sets.  ``Sec-WebSocket-*`` belong to the
+#: upstream hop too.
+_NOT_PASSED = frozenset({b"content-length", b"date", b"server"})
+
 
 def reason_text(reason: Failure | BaseException | str) -> str:
     if isinstance(reason, Failure):
@@ -44,20 +61,56 @@ def reason_text(reason: Failure | BaseException | str) -> str:
     return str(reason)
 
 
-def refusal(status_line: str, detail: str) -> ProxyError:
-    """The client's answer to an upstream handshake answered with ``status_line`` (not a good 101).
+class UpstreamRefusal(ProxyError):
+    """The upstream's own final answer to the handshake, passed on to the client.
 
-    A 4xx or 5xx goes to the client as it is; anything else (a redirect, a 101 that failed the
-    checks) is a 502.
+    ``fields``: its end-to-end fields in wire order (repeated ``Set-Cookie`` lines intact);
+    ``upstream_body``: its body when that came whole with the head, else None (the client then
+    gets a plain-text body naming the status, and none of the fields describing the upstream's).
     """
-    parts = status_line.split(" ", 2)
-    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 502
-    if not 400 <= status <= 599:
-        return BadGateway(f"upstream answered the WebSocket handshake with {status_line[:100]!r}: {detail}")
-    error = ProxyError(f"upstream refused the WebSocket handshake: {status_line[:100]!r}")
-    error.status = status
-    error.reason = (parts[2] if len(parts) > 2 else "Refused")[:60].encode("ascii", "replace").decode()
-    return error
+
+    def __init__(self, status: int, reason: str, fields: list[H.Header], body: bytes | None, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.reason, self.fields, self.upstream_body = status, reason, fields, body
+
+    @property
+    def body(self) -> bytes:
+        if self.status in NO_BODY_CODES:
+            return b""
+        return self.upstream_body if self.upstream_body is not None else super().body
+
+
+def _describes_body(name: bytes) -> bool:
+    name = name.lower()
+    return name.startswith(b"content-") or name in {b"etag", b"last-modified"}
+
+
+def refusal(head: bytes, rest: bytes, detail: str) -> ProxyError:
+    """The client's answer to an upstream that answered the handshake with ``head`` (not a good
+    101); ``rest`` is what came after the head.
+
+    A final status (2xx to 5xx: a redirect to a login page, a 401 and its challenge, a 503 and its
+    Retry-After) goes to the client with the upstream's end-to-end fields, and its body if it came
+    whole (``Content-Length``, at most ``REFUSAL_BODY_MAX``).  A 1xx (a 101 that failed the checks
+    included: it is not a final answer) or a malformed status line is a 502.
+    """
+    status_line, fields = H.parse_head(head)
+    parts = status_line.split(b" ", 2)
+    code = parts[1] if len(parts) > 1 else b""
+    status = int(code) if len(code) == 3 and code.isdigit() else 0
+    shown = status_line[:100].decode("latin-1")
+    if not 200 <= status <= 599:
+        return BadGateway(f"upstream answered the WebSocket handshake with {shown!r}: {detail}")
+    lengths = H.get(fields, b"content-length")
+    whole = (not H.get(fields, b"transfer-encoding") and len(lengths) == 1 and lengths[0].isdigit()
+             and int(lengths[0]) <= REFUSAL_BODY_MAX and len(rest) >= int(lengths[0]))
+    body = rest[:int(lengths[0])] if whole else None
+    passed = [(n, v) for n, v in H.strip_hop_by_hop(fields)
+              if n.lower() not in _NOT_PASSED and not n.lower().startswith(b"sec-websocket-")
+              and (body is not None or not _describes_body(n))]
+    phrase = parts[2].decode("latin-1") if len(parts) > 2 else ""
+    reason = "".join(c for c in phrase if " " <= c <= "~")[:60].strip() or RESPONSES.get(status, b"Refused").decode()
+    return UpstreamRefusal(status, reason, passed, body, f"upstream answered the WebSocket handshake with {shown!r}")
 
 
 def swap_protocol(transport: Any, protocol: Protocol) -> None:
@@ -93,6 +146,7 @@ class Upgrade:
         self.idle_timer: Any = None
         self.last_activity = 0.0
         self.started = time.monotonic()
+        self.deadline = self.reactor.seconds() + route.retry_timeout  # no retry after this
         self.answered = False  # the client has its answer: an HTTP refusal, or the takeover
         self.taken_over = False  # the client's connection left twisted.web for this upgrade
         self.opened = False  # counted as an open WebSocket in the metrics
@@ -123,14 +177,18 @@ class Upgrade:
         self.timer = self.reactor.callLater(self.route.websocket.handshake_timeout, self.handshake_timed_out)
         self.connect()
 
-    def connect(self) -> None:
+    def connect(self, retry_of: ProxyError | None = None) -> None:
+        """Connect to a server of the group; ``retry_of``: the failure being retried."""
         try:
             self.lease = self.gw.gateway.balancer.acquire(self.route.upstream, client_ip=self.client_ip,
                                                          headers=self.raw, exclude=self.tried)
         except ProxyError as e:
-            self.refuse(e)
+            self.refuse(retry_of or e)  # no other server to try: the client gets the failure itself
             return
         server = self.lease.server
+        if retry_of is not None:
+            log.info("route {route}: {failed} unreachable ({detail}); trying {server}", route=self.route.name,
+                     failed=self.tried[-1], detail=retry_of.detail, server=server.key)
         self.tried.append(server.key)
         self.request.wsrelay_upstream = server.hostport  # type: ignore[attr-defined]
         endpoint = upstream_endpoint(self.reactor, self.upstream, server, self.route.connect_timeout)
@@ -141,32 +199,47 @@ class Upgrade:
         self.connecting = None
         if self.answered or reason.check(defer.CancelledError):
             return
-        self.lease.failure("connect error")
+        timeout = reason.check(neterror.TimeoutError) is not None
+        self.lease.failure("connect timeout" if timeout else "connect error")
         self.lease.release()
         self.lease = None
-        if len(self.tried) <= self.route.retries:
-            log.info("route {route}: {server} unreachable ({reason}); trying another server",
-                     route=self.route.name, server=self.tried[-1], reason=reason_text(reason))
-            self.connect()
+        error = (GatewayTimeout if timeout else BadGateway)(f"WebSocket upstream unreachable: {reason_text(reason)}")
+        if len(self.tried) <= self.route.retries and self.reactor.seconds() < self.deadline:
+            self.connect(retry_of=error)
             return
-        timeout = reason.check(neterror.TimeoutError) is not None
-        self.refuse((GatewayTimeout if timeout else BadGateway)(
-            f"WebSocket upstream unreachable: {reason_text(reason)}"))
+        self.refuse(error)
 
-    def handshake_refused(self, status_line: str, detail: str) -> None:
-        """The upstream answered the handshake with something other than a good 101."""
-        error = refusal(status_line, detail)
-        if self.lease is not None and error.status >= 500 and error.status in self.upstream.fail_statuses:
-            self.lease.failure(f"status {error.status}")
+    def handshake_refused(self, head: bytes, rest: bytes, detail: str) -> None:
+        """The upstream answered the handshake with ``head`` (then ``rest``), not a good 101.
+
+        Passive health as on the HTTP side: a status in ``fail_statuses`` or a broken answer is a
+        failure, any other final status a success.
+        """
+        error = refusal(head, rest, detail)
+        if self.lease is not None:
+            if not isinstance(error, UpstreamRefusal):
+                self.lease.failure("bad handshake")
+            elif error.status in self.upstream.fail_statuses:
+                self.lease.failure(f"status {error.status}")
+            else:
+                self.lease.success()
         log.info("route {route} upstream {upstream} server {server}: WebSocket handshake refused: {detail}",
                  route=self.route.name, upstream=self.upstream.name, server=self.tried[-1], detail=detail)
         self.refuse(error)
 
+    def handshake_failed(self, cause: str, error: ProxyError) -> None:
+        """The upstream gave no answer (timeout, connection closed) or a broken one: a failure for
+        passive health (``cause``), then ``error`` to the client."""
+        if self.answered:
+            return
+        if self.lease is not None:
+            self.lease.failure(cause)
+        self.refuse(error)
+
     def handshake_timed_out(self) -> None:
         self.timer = None
-        if not self.answered:
-            self.refuse(GatewayTimeout(f"no WebSocket handshake from upstream within "
-                                       f"{self.route.websocket.handshake_timeout}s"))
+        self.handshake_failed("handshake timeout", GatewayTimeout(
+            f"no WebSocket handshake from upstream within {self.route.websocket.handshake_timeout}s"))
 
     def cancel_timer(self) -> None:
         if self.timer is not None and self.timer.active():
@@ -187,9 +260,26 @@ class Upgrade:
         self.abort_upstream()
         request = self.request
         if request.channel is not None and not request.finished and not request._disconnected:
-            request.write(answer_error(request, error))
+            body = answer_error(request, error)
+            if isinstance(error, UpstreamRefusal):
+                self.pass_on(error)
+            request.write(body)
             request.finish()
         self.end()
+
+    def pass_on(self, answer: UpstreamRefusal) -> None:
+        """The upstream's fields on the client's answer, in place of wsrelay's own of the same name
+        (``Content-Type``, ``Cache-Control``), and the balancer's ``Set-Cookie``."""
+        headers = self.request.responseHeaders
+        for name in {n.lower() for n, _ in answer.fields}:
+            headers.removeHeader(name)
+        for name, value in answer.fields:
+            headers.addRawHeader(name, value)
+        if answer.status in NO_BODY_CODES:
+            headers.removeHeader(b"content-length")
+        cookie = self.lease.set_cookie() if self.lease is not None else None
+        if cookie is not None:
+            headers.addRawHeader(b"set-cookie", cookie)
 
     def client_left_early(self) -> None:
         """The client disconnected before its answer."""

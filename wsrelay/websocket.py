@@ -9,13 +9,15 @@ Order of events for one client (``relay`` mode):
    ``Sec-WebSocket-Key`` of 16 base64 bytes (else 400), at most one valid ``Origin`` (else 400)
    that the route allows (else 403), distinct valid subprotocol tokens (else 400).
 2. wsrelay opens the upstream WebSocket (server chosen by the balancer; connect failures retry on
-   the next server, ``retries`` times) with the client's request target byte for byte, its
-   subprotocols, and its header lines from twisted.web (``Cookie``, ``Authorization``,
-   ``Origin``, ``User-Agent``... repeated lines intact; one ``Host`` as the route says;
-   X-Forwarded-*).  Extensions are negotiated per hop, never forwarded.
-3. The upstream answers: a 4xx/5xx goes to the client as that status (other non-101 answers, and
-   a 101 that fails Autobahn's checks, are a 502); no connection is a 502 (504 for a connect
-   timeout), no answer within ``ws_handshake_timeout`` a 504.  A 101 makes wsrelay take the
+   the next server, ``retries`` times within ``retry_timeout``) with the client's request target
+   byte for byte, its subprotocols, and its header lines from twisted.web (``Cookie``,
+   ``Authorization``, ``Origin``, ``User-Agent``... repeated lines intact; one ``Host`` as the
+   route says; X-Forwarded-*).  Extensions are negotiated per hop, never forwarded.
+3. The upstream answers: a final status (2xx to 5xx) goes to the client as that status with the
+   upstream's end-to-end fields (``Location``, ``WWW-Authenticate``, ``Retry-After``,
+   ``Set-Cookie``...; see :func:`wsrelay.upgrade.refusal`); a 1xx, and a 101 that fails
+   Autobahn's checks, are a 502; no connection is a 502 (504 for a connect timeout), no answer
+   within ``ws_handshake_timeout`` a 504.  A 101 makes wsrelay take the
    client's connection over from twisted.web (with any bytes the client pipelined) and complete
    the client's handshake with the subprotocol the upstream chose, the upstream's other 101
    headers and the balancer's ``Set-Cookie``.
@@ -86,12 +88,9 @@ from wsrelay.relay import (
     SendFrame,
     SendMessage,
 )
-from wsrelay.upgrade import Upgrade
+from wsrelay.upgrade import CLOSE_HANDSHAKE_TIMEOUT, Upgrade
 
 log = Logger()
-
-#: Seconds a peer gets to answer a close frame before its connection is dropped.
-CLOSE_HANDSHAKE_TIMEOUT = 5.0
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
@@ -448,7 +447,8 @@ class _Pair(Upgrade):
     def upstream_refused(self, leg: UpstreamLeg, reason: str) -> None:
         leg.pair = None
         self.upstream_leg = None
-        self.handshake_refused(getattr(leg, "http_status_line", "") or "", reason)
+        head = getattr(leg, "http_response_data", b"") or b""
+        self.handshake_refused(head, (getattr(leg, "data", b"") or b"")[len(head):], reason)
 
     def upstream_opened(self, leg: UpstreamLeg) -> None:
         if self.answered:  # the client left, or was answered: end this leg
@@ -566,8 +566,8 @@ class _Pair(Upgrade):
         if side == UPSTREAM and self.client_leg is None:
             # Before the client's 101: the upstream went away during or right after its handshake.
             self.upstream_leg = None
-            if not self.answered:
-                self.refuse(BadGateway(f"upstream closed during the handshake: {reason}"))
+            self.handshake_failed("closed during handshake",
+                                  BadGateway(f"upstream closed during the handshake: {reason}"))
             return
         if not clean:
             log.info("route {route}: {side} connection lost ({reason})", route=self.route.name, side=side,
