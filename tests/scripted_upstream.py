@@ -10,7 +10,7 @@ path, so tests can assert on what crossed the proxy byte for byte:
   (``blocked`` event) when the proxy stopped reading;
 - ``/silent``: never answers; ``/reset``: sends half a Content-Length body, then resets;
   ``/reset-unframed``: 500 bytes of a body with neither Content-Length nor chunking, then a reset;
-  ``/close-unframed``: the same body, ended by a clean close;
+  ``/close-unframed``: the same body, ended by a clean close; ``/reset-early``: resets at once;
 - ``/early``: answers 403 as soon as it has the request head, before reading the body (as many
   servers do for 401/403/413 and redirects), then reads and discards the body.
 
@@ -155,6 +155,9 @@ class ScriptedUpstream:
         is_head = head.startswith(b"HEAD ")
         if path == b"/silent":
             conn.recv(1)  # until the proxy gives up and closes
+            return False
+        if path == b"/reset-early":  # resets without a byte of response
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return False
         if path in (b"/reset", b"/reset-unframed"):
             length = b"Content-Length: 1000\r\n" if path == b"/reset" else b""

@@ -7,6 +7,7 @@ import http.client
 import re
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -229,6 +230,34 @@ read_timeout = 500ms
     assert silent.status == 504 and silent.read() == b"504 Gateway Timeout\n"
     relay.output.wait_for(r"route /slow upstream slow server .*no response within read_timeout 0.5s")
     relay.output.wait_for(r'"GET /slow/silent HTTP/1.1" 504 .* upstream=127\.0\.0\.1:%d rt=' % upstream.port)
+
+
+def test_reset_before_the_response_gives_502(upstream: ScriptedUpstream,
+                                             start_relay: Callable[..., RelayProcess]) -> None:
+    """An upstream that resets the connection without answering: 502, for a POST (never resent)
+    and for a GET (retried once, then the failure itself: there is no other server).  Passive
+    health is off here, so the server stays in after the first failure."""
+    relay = start_relay(config(upstream.port, upstream_extra="max_fails = 0"))
+    response = request(relay.port, "POST", "/reset-early", body=b"once")
+    assert (response.status, response.read()) == (502, b"502 Bad Gateway\n")
+    assert [r.body for r in upstream.requests] == [b"once"]  # not resent: not idempotent
+    response = request(relay.port, "GET", "/reset-early")
+    assert (response.status, response.read()) == (502, b"502 Bad Gateway\n")
+    relay.output.wait_for(r"server http://127\.0\.0\.1:%d: no response: .*\(GET /reset-early\)" % upstream.port)
+
+
+def test_access_log_to_a_file(upstream: ScriptedUpstream, start_relay: Callable[..., RelayProcess],
+                              tmp_path: Path) -> None:
+    """access_log = PATH appends one combined-format line per request to that file."""
+    log_file = tmp_path / "logs" / "access.log"
+    log_file.parent.mkdir()
+    relay = start_relay(config(upstream.port).replace("access_log = -", f"access_log = {log_file}"))
+    assert request(relay.port, "GET", "/echo?to=file").status == 200
+    assert poll_until(lambda: log_file.exists() and "GET /echo?to=file" in log_file.read_text())
+    line, = log_file.read_text().splitlines()
+    assert re.fullmatch(r'127\.0\.0\.1 - - \[[^]]+\] "GET /echo\?to=file HTTP/1\.1" 200 2 "-" "-" '
+                        r"upstream=127\.0\.0\.1:%d rt=\d+\.\d{3}" % upstream.port, line)
+    assert not any("GET /echo" in out for out in relay.output.lines)
 
 
 @pytest.mark.parametrize("script", ["/reset", "/reset-unframed"])

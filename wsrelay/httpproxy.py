@@ -92,9 +92,9 @@ class _RelayClientProtocol(HTTP11ClientProtocol):
         # A body without Content-Length or chunking ends when the connection does; Twisted calls
         # any end of it PotentialDataLoss.  Mark the response when the end was a reset or an error,
         # not the upstream's clean close, so the exchange does not pass a truncated body off as whole.
-        parser = self._parser
-        if parser is not None and parser.response is not None and not reason.check(ConnectionDone):
-            parser.response.wsrelay_broken = reason
+        response = getattr(self._parser, "response", None)  # none before the status line
+        if response is not None and not reason.check(ConnectionDone):
+            response.wsrelay_broken = reason
         super().connectionLost(reason)
 
     def _finishResponse_TRANSMITTING(self, rest: bytes) -> None:
@@ -235,10 +235,11 @@ class _Exchange:
             self.lease = self.proxy.gateway.balancer.acquire(
                 self.route.upstream, client_ip=self.client_ip, headers=self.raw, exclude=self.tried)
         except ProxyError as e:
+            error = e
             if retry_of is not None:  # no other server to try: the client gets the failure itself
-                self.describe_failure(retry_of[0].detail)
-                e = retry_of[0]
-            self.answer(e)
+                error = retry_of[0]
+                self.describe_failure(error.detail)
+            self.answer(error)
             return
         server = self.lease.server
         if retry_of is not None:
