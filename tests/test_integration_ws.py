@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.support import RelayProcess, UpstreamProcess
+from tests.support import ROOT, RelayProcess, UpstreamProcess
 
 MiB = 1 << 20
 
@@ -208,6 +209,32 @@ def test_autobahn_asyncio_client_through_real_relay(demo_upstream: UpstreamProce
     result = json.loads(done.stdout)
     assert result["messages"] == [["a" * 10 + "b" * 100000 + "c", True], ["t\u00e9xt".encode().decode("latin-1"), False]]
     assert result["clean"] and result["code"] == 1000
+
+
+def test_shipped_config_in_front_of_the_demo(demo_upstream: UpstreamProcess,
+                                            start_relay: Callable[..., RelayProcess]) -> None:
+    """etc/relay.ini as shipped (only its port and the demo's port changed for the test): the demo
+    page, the headers the upstream saw and the WebSocket echo, all through wsrelay."""
+    text = (ROOT / "etc" / "relay.ini").read_text()
+    assert "listen = tcp:8080:interface=127.0.0.1" in text and "127.0.0.1:9001" in text
+    relay = start_relay(text.replace("listen = tcp:8080:", "listen = tcp:0:")
+                        .replace("127.0.0.1:9001", f"127.0.0.1:{demo_upstream.port}"))
+    with urllib.request.urlopen(url(relay, "/").replace("ws://", "http://"), timeout=10) as page:
+        assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
+        assert b"<title>wsrelay demo</title>" in page.read()
+    with urllib.request.urlopen(url(relay, "/api/info").replace("ws://", "http://"), timeout=10) as info:
+        seen = json.loads(info.read())
+    headers = {name.lower(): value for name, value in seen["headers"]}
+    assert seen["uri"] == "/api/info"
+    assert headers["x-forwarded-for"] == headers["x-real-ip"] == "127.0.0.1"
+    assert headers["x-forwarded-proto"] == "http" and headers["host"] == f"127.0.0.1:{relay.port}"
+
+    async def echo() -> None:
+        async with connect(url(relay, "/ws/echo"), proxy=None) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+
+    run(echo())
 
 
 def test_tunnel_mode_through_real_relay(demo_upstream: UpstreamProcess, start_relay: Callable[..., RelayProcess]) -> None:
