@@ -154,3 +154,50 @@ def test_config_is_frozen() -> None:
         cfg.routes[0].upstream = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):
         cfg.upstreams["x"] = cfg.upstreams["chat"]  # type: ignore[index]
+
+
+
+def check_error(path: Path, text: str) -> ConfigError:
+    from wsrelay.service import check
+
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        check(config.load(str(path)))
+    return info.value
+
+
+def test_files_and_cipher_lists_are_checked(tmp_path: Path) -> None:
+    """What parsing cannot see is checked before serving (start-up, --check, reload): the access
+    log's directory, tls_ca files, and that tls_ciphers selects a cipher; each is one ConfigError
+    naming the file, the section and the key, and checking creates no file."""
+    from tests.certs import CA
+    from wsrelay.service import check
+
+    ca = CA(tmp_path)
+    cert, key = ca.leaf("a", "a.test")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    tls = f"[listener l]\nendpoint = tcp:9\ntls = on\ncertificates = a\n[certificate a]\ncert = {cert}\nkey = {key}\n"
+    path = tmp_path / "relay.ini"
+    cases = [
+        (MINIMAL.replace("[upstream", f"access_log = {tmp_path}/none/access.log\n[upstream"), "wsrelay", "access_log",
+         f"{tmp_path}/none/access.log: cannot be opened (No such file or directory)"),
+        (MINIMAL.replace("[upstream", f"access_log = {tmp_path}\n[upstream"), "wsrelay", "access_log",
+         f"{tmp_path}: cannot be opened (Is a directory)"),
+        (MINIMAL + tls.replace("tls = on", "tls = on\ntls_ciphers = FOO"), "listener l", "tls_ciphers",
+         "'FOO' selects no cipher OpenSSL knows"),
+        (MINIMAL.replace("[route", f"tls_ca = {tmp_path}/none.pem\n[route"), "upstream chat", "tls_ca",
+         f"{tmp_path}/none.pem: cannot be read (No such file or directory)"),
+        (MINIMAL.replace("[route", f"tls_ca = {junk}\n[route"), "upstream chat", "tls_ca",
+         f"{junk}: no PEM certificate in it"),
+    ]
+    for text, section, key, words in cases:
+        error = check_error(path, text)
+        assert (error.path, error.section, error.key) == (str(path), section, key), str(error)
+        assert words in str(error), str(error)
+    assert not (tmp_path / "none").exists()
+    path.write_text(MINIMAL.replace("[upstream", f"access_log = {tmp_path}/access.log\n[upstream")
+                    + tls.replace("tls = on", "tls = on\ntls_ciphers = ECDHE+AESGCM")
+                    + f"[upstream secure]\nservers = https://127.0.0.1:1\ntls_ca = {ca.pem}\n")
+    check(config.load(str(path)))  # a good one passes, and creates nothing
+    assert not (tmp_path / "access.log").exists()

@@ -212,3 +212,75 @@ upstream = demo
         assert relay.wait(15) in (0, -signal.SIGTERM)
     finally:
         upstream.stop()
+
+
+def test_unopenable_access_log_stops_check_and_startup(tmp_path: Path) -> None:
+    """An access_log in a missing directory: --check and start-up both end with status 1 and one
+    line naming the file, [wsrelay] and access_log; no traceback, and no file or directory made."""
+    log = tmp_path / "missing" / "access.log"
+    path = write_config(tmp_path, ROUTES_V1.replace("access_log = -", f"access_log = {log}"))
+    expected = f"wsrelay: {path}: [wsrelay] access_log: {log}: cannot be opened (No such file or directory)\n"
+    for args in (("wsrelay", "--config", str(path), "--check"), ("-n", "--pidfile=", "wsrelay", "--config", str(path))):
+        result = run_twistd(*args)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+        assert result.stderr.endswith(expected), result.stderr
+    assert not log.parent.exists()
+
+
+def test_reload_with_unopenable_access_log_changes_nothing(start_relay: Callable[..., RelayProcess],
+                                                           tmp_path: Path) -> None:
+    """A reload whose access_log cannot be opened is refused with a line naming the key, before
+    anything changes: the new routes and an added listener do not come into service."""
+    relay = start_relay(ROUTES_V1)
+    assert get(relay.port, "/old/")[0] == 301  # serving: SIGHUP is handled
+    mark = len(relay.output.lines)
+    log = tmp_path / "missing" / "access.log"
+    write_config(tmp_path, ROUTES_V2.replace("access_log = -", f"access_log = {log}")
+                 + "[listener extra]\nendpoint = tcp:0:interface=127.0.0.1\n")
+    relay.signal(signal.SIGHUP)
+    line = relay.output.wait_for("reload refused", start=mark)
+    assert line.string.endswith(f"[wsrelay] access_log: {log}: cannot be opened (No such file or directory)")
+    assert not any("listening on" in l or "Traceback" in l for l in relay.output.lines[mark:])
+    assert get(relay.port, "/old/")[0] == 301
+    assert get(relay.port, "/new/")[0] == 404
+    write_config(tmp_path, ROUTES_V2)  # and a good one is still taken afterwards
+    relay.signal(signal.SIGHUP)
+    relay.output.wait_for("configuration reloaded", start=mark)
+    assert get(relay.port, "/new/")[0] == 308
+
+
+LISTENER = """
+[wsrelay]
+access_log = -
+[listener web]
+endpoint = tcp:0:interface=127.0.0.1
+{settings}
+[route /]
+redirect = 308
+"""
+
+
+def test_reload_applies_a_kept_listeners_settings_or_refuses(start_relay: Callable[..., RelayProcess],
+                                                             tmp_path: Path) -> None:
+    """A listener that stays (same name and endpoint) takes its new redirect and redirect_port on
+    reload; turning tls on for it is refused with one line naming the listener and key, and the
+    running configuration stays in service."""
+    relay = start_relay(LISTENER.format(settings=""))
+    assert get(relay.port, "/a")[0] == 308
+    mark = len(relay.output.lines)
+    write_config(tmp_path, LISTENER.format(settings="redirect = 301\nredirect_port = 8443"))
+    relay.signal(signal.SIGHUP)
+    relay.output.wait_for("configuration reloaded", start=mark)
+    status, headers = get(relay.port, "/a?b=1")
+    assert (status, headers["location"]) == (301, "https://example.test:8443/a?b=1")
+
+    mark = len(relay.output.lines)
+    write_config(tmp_path, LISTENER.format(settings="tls = on\ncertificates = c\n[certificate c]\n"
+                                                    "cert = c.pem\nkey = c.key"))
+    relay.signal(signal.SIGHUP)
+    line = relay.output.wait_for("reload refused", start=mark)
+    assert line.string.endswith(f"{tmp_path / 'relay.ini'}: [listener web] tls: changed from off to on: the listener"
+                                " keeps its socket on reload, restart wsrelay to apply this (or give it a new endpoint)")
+    assert get(relay.port, "/a?b=1")[1]["location"] == "https://example.test:8443/a?b=1"
+    assert relay.popen.poll() is None

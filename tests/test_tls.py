@@ -358,3 +358,134 @@ def test_openssl_s_client_sees_a_verified_tls13_session(ca: CA, tls_relay: Relay
     assert "Verify return code: 0 (ok)" in result.stdout
     assert "ALPN protocol: http/1.1" in result.stdout
     assert "TLSv1.3" in result.stdout
+
+
+def https_get(port: int, ca: CA, path: str = "/api/info") -> bytes:
+    """The response head of a GET over TLS (SNI a.test)."""
+    with handshake(port, client_context(ca), "a.test") as s:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n" % path.encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.partition(b"\r\n\r\n")[0]
+
+
+def test_unknown_server_name_gets_the_default_certificate(ca: CA, tls_relay: RelayProcess) -> None:
+    """An SNI name no certificate serves gets default_certificate when refusing is not configured."""
+    ctx = client_context(ca)
+    ctx.check_hostname = False
+    with handshake(tls_port(tls_relay), ctx, "unknown.test") as s:
+        assert peer_names(s) == ["a.test"]
+
+
+def test_refused_server_name_fails_the_handshake_without_traceback(ca: CA, demo: UpstreamProcess,
+                                                                   start_relay: Callable[..., RelayProcess]) -> None:
+    """default_certificate = refuse: an unknown or missing SNI name fails the handshake with one
+    info line and no traceback; the listener then still serves a known name."""
+    relay = start_relay(tls_relay_config(ca, demo.port, "default_certificate = refuse").replace(
+        "default_certificate = a\n", ""), wait=False)
+    relay.wait_listening(count=3)
+    port = tls_port(relay)
+    ctx = client_context(ca)
+    ctx.check_hostname = False
+    for name in ("unknown.test", None):
+        with pytest.raises(ssl.SSLError):
+            handshake(port, ctx, name).close()
+    relay.output.wait_for(r"TLS handshake refused on listener public: no certificate for server name 'unknown\.test'$")
+    relay.output.wait_for(r"TLS handshake refused on listener public: no certificate for server name 'none'$")
+    with handshake(port, client_context(ca), "a.test") as s:
+        assert peer_names(s) == ["a.test"]
+    assert https_get(port, ca).startswith(b"HTTP/1.1 200")
+    assert not [l for l in relay.output.lines if "Traceback" in l or "unrecognized server name" in l]
+
+
+@pytest.mark.parametrize("extra, where", [
+    ("tls_ciphers = FOO", ("[listener public] tls_ciphers: 'FOO' selects no cipher OpenSSL knows"
+                           " (see 'openssl ciphers -v STRING')")),
+    ("[upstream other]\nservers = https://127.0.0.1:1\ntls_ca = {junk}",
+     "[upstream other] tls_ca: {junk}: no PEM certificate in it"),
+    ("[upstream other]\nservers = https://127.0.0.1:1\ntls_ca = {missing}",
+     "[upstream other] tls_ca: {missing}: cannot be read (No such file or directory)"),
+])
+def test_bad_ciphers_and_ca_files_stop_check_and_are_refused_on_reload(
+        extra: str, where: str, ca: CA, demo: UpstreamProcess, tmp_path: Path,
+        start_relay: Callable[..., RelayProcess]) -> None:
+    """A tls_ciphers that selects no cipher, or a tls_ca that is missing or not PEM: --check ends
+    with status 1 and one line naming the key; a reload with it is refused before anything changes
+    (no listener added, listener settings kept), while a good reload still applies hsts_max_age."""
+    import subprocess
+
+    from tests.support import TWISTD
+
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    extra, where = (t.format(junk=junk, missing=tmp_path / "none.pem") for t in (extra, where))
+    relay = start_relay(tls_relay_config(ca, demo.port), wait=False)
+    relay.wait_listening(count=3)
+    port = tls_port(relay)
+    assert b"Strict-Transport-Security: max-age=3600" in https_get(port, ca)  # serving: SIGHUP is handled
+    mark = len(relay.output.lines)
+    write_config(tmp_path, tls_relay_config(ca, demo.port, hsts="2h"))
+    relay.signal(signal.SIGHUP)
+    relay.output.wait_for("configuration reloaded", start=mark)
+    assert b"Strict-Transport-Security: max-age=7200" in https_get(port, ca)
+
+    bad = tls_relay_config(ca, demo.port, extra if "tls_ciphers" in extra else "", hsts="3h")
+    bad += (extra + "\n" if "tls_ciphers" not in extra else "") + "[listener added]\nendpoint = tcp:0:interface=127.0.0.1\n"
+    path = write_config(tmp_path, bad, "bad.ini")
+    result = subprocess.run([TWISTD, "wsrelay", "--config", str(path), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr == f"wsrelay: {path}: {where}\n"
+
+    mark = len(relay.output.lines)
+    write_config(tmp_path, bad)
+    relay.signal(signal.SIGHUP)
+    line = relay.output.wait_for("reload refused", start=mark)
+    assert line.string.endswith(f"{tmp_path / 'relay.ini'}: {where}")
+    assert not [l for l in relay.output.lines[mark:] if "listening on" in l or "Traceback" in l]
+    head = https_get(port, ca)
+    assert head.startswith(b"HTTP/1.1 200") and b"Strict-Transport-Security: max-age=7200" in head
+    assert relay.popen.poll() is None
+
+
+def test_tls_upstream_ca_is_read_once_at_load(ca: CA, tmp_path: Path,
+                                              start_relay: Callable[..., RelayProcess]) -> None:
+    """tls_ca is read when the configuration loads, not per connection: removing the file later
+    changes nothing for requests (no 500, no traceback), and one creator serves every connection."""
+    cert, key = ca.leaf("backend", "backend.test")
+    ca_copy = tmp_path / "upstream-ca.pem"
+    ca_copy.write_bytes(ca.pem.read_bytes())
+    upstream = _TLSUpstream(cert, key)
+    try:
+        relay = start_relay(f"""
+[wsrelay]
+listen = tcp:0:interface=127.0.0.1
+[upstream secure]
+servers = https://127.0.0.1:{upstream.port}
+tls_ca = {ca_copy}
+tls_server_name = backend.test
+keepalive = 0
+[route /]
+upstream = secure
+retries = 0
+""")
+        cfg = configmod.load(str(tmp_path / "relay.ini"))
+        ca_copy.unlink()
+        for _ in range(2):  # two connections (keepalive = 0), after the file is gone
+            with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"secure"), data[:100]
+        assert not [l for l in relay.output.lines if "Traceback" in l]
+    finally:
+        upstream.stop()
+    from wsrelay.tls import UpstreamTLS
+
+    group, server = cfg.upstreams["secure"], cfg.upstreams["secure"].servers[0]
+    # Without a configuration load, a CA file that cannot be read fails verification, not the call.
+    creators = UpstreamTLS({})
+    assert creators.creator(group, server) is creators.creator(group, server)

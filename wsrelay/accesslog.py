@@ -12,6 +12,8 @@ connection's lifetime.  Nothing here logs payloads, cookies or Authorization.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 import time
 from typing import IO
@@ -47,8 +49,26 @@ def format_line(
     )
 
 
+def open_problem(path: str | None) -> str | None:
+    """Why appending to the file ``path`` would fail, found without creating it (for ``--check``);
+    None if it would work.  The words are ``strerror``'s, as when opening fails."""
+    if path is None or path == "-":
+        return None
+    if os.path.isdir(path):
+        return os.strerror(errno.EISDIR)
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else os.strerror(errno.EACCES)
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        return os.strerror(errno.ENOENT)
+    return None if os.access(parent, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)
+
+
 class AccessLog:
-    """Writes lines to a file (appending, line-buffered) or to stdout (``"-"``), or nowhere (None)."""
+    """Writes lines to a file (appending, line-buffered) or to stdout (``"-"``), or nowhere (None).
+
+    Opening raises OSError (a missing directory, no permission).
+    """
 
     def __init__(self, path: str | None) -> None:
         self.path = path

@@ -4,7 +4,8 @@ Invariants:
 
 - ``Gateway.runtime`` is replaced whole on reload, never mutated; a handler reads it once when a
   request arrives and keeps that object, so a reload never changes a request already under way.
-- The balancer and the access log outlive reloads (connection counts and health carry over).
+- The balancer and the access log outlive reloads (connection counts and health carry over); a
+  new access log file is opened (:func:`open_access_log`) before a reload changes anything.
 - Every open HTTP exchange and WebSocket pair is registered in ``live`` so that stopping can
   drain them: ``live`` holds objects with a ``shutdown()`` method that ends them politely (a close
   frame with 1001 for WebSockets, an abort for requests still running at the drain deadline).
@@ -18,9 +19,9 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from wsrelay.accesslog import AccessLog
+from wsrelay.accesslog import AccessLog, open_problem
 from wsrelay.balancing import Balancer
-from wsrelay.config import Config
+from wsrelay.config import Config, ConfigError
 from wsrelay.healthcheck import HealthChecker
 from wsrelay.routing import Router
 
@@ -43,6 +44,25 @@ class Runtime:
         return cls(config=config, router=Router(config.routes))
 
 
+def _access_log_error(config: Config, reason: str) -> ConfigError:
+    return ConfigError(config.path, "wsrelay", "access_log", f"{config.access_log}: cannot be opened ({reason})")
+
+
+def open_access_log(config: Config) -> AccessLog:
+    """The access log of ``config``, opened; ConfigError naming the key if it cannot be."""
+    try:
+        return AccessLog(config.access_log)
+    except OSError as e:
+        raise _access_log_error(config, e.strerror or str(e)) from None
+
+
+def check_access_log(config: Config) -> None:
+    """ConfigError if the access log of ``config`` could not be opened (creates nothing)."""
+    reason = open_problem(config.access_log)
+    if reason is not None:
+        raise _access_log_error(config, reason)
+
+
 class Gateway:
     """Long-lived shared state of one wsrelay process."""
 
@@ -52,24 +72,32 @@ class Gateway:
         from wsrelay.httpproxy import HTTPProxy
         from wsrelay.websocket import WebSocketGateway
 
+        self.access_log = open_access_log(config)  # first: it can fail
         self.reactor = reactor
         self.runtime = Runtime.build(config)
         self.balancer = Balancer(reactor)
         self.balancer.configure(config.upstreams)
         self.health = HealthChecker(reactor, self.balancer)
         self.health.configure(config.upstreams)
-        self.access_log = AccessLog(config.access_log)
         self.live: set[Live] = set()
         self._idle: list[Deferred[None]] = []
         self.http = HTTPProxy(self)
         self.websocket = WebSocketGateway(self)
 
-    def apply(self, config: Config) -> None:
-        """Put a new, already validated configuration in service for new requests."""
+    def access_log_for(self, config: Config) -> AccessLog | None:
+        """The access log ``config`` needs opened, if it names another one than in service (None:
+        keep the current one).  ConfigError if it cannot be opened; nothing changes either way."""
+        return open_access_log(config) if config.access_log != self.access_log.path else None
+
+    def apply(self, config: Config, access_log: AccessLog | None = None) -> None:
+        """Put a new, already validated configuration in service for new requests, with the
+        access log :meth:`access_log_for` opened for it."""
+        if access_log is None and config.access_log != self.access_log.path:
+            access_log = open_access_log(config)
         self.balancer.configure(config.upstreams)
         self.health.configure(config.upstreams)
-        if config.access_log != self.access_log.path:
-            old, self.access_log = self.access_log, AccessLog(config.access_log)
+        if access_log is not None:
+            old, self.access_log = self.access_log, access_log
             old.close()
         self.runtime = Runtime.build(config)
 

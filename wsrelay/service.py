@@ -3,11 +3,14 @@
 Invariants:
 
 - The reactor is passed in; nothing here imports the global one.
-- A configuration is loaded and validated whole (including TLS files) before anything changes;
-  a bad one on reload is refused with a log line and the running one stays in service.
-- Listeners that a reload keeps (same name and endpoint) keep their sockets; removed ones stop
-  listening (their open connections finish); added ones start.  Open requests and WebSocket pairs
-  are never touched by a reload.
+- A configuration is loaded and validated whole (including TLS files, cipher lists, CA files and
+  the access log) before anything changes; a bad one on reload is refused with a log line and the
+  running one stays in service.
+- Listeners that a reload keeps (same name and endpoint) keep their sockets and take the new
+  settings (certificates, TLS options, redirect, redirect_port, hsts_max_age) for new connections
+  and requests; turning ``tls`` on or off needs a restart, so such a reload is refused.  Removed
+  listeners stop listening (their open connections finish); added ones start.  Open requests and
+  WebSocket pairs are never touched by a reload.
 - Stopping stops listening at once, lets open exchanges finish for ``drain_timeout``, then ends the
   rest (WebSocket pairs get a close frame with 1001).
 """
@@ -27,7 +30,7 @@ from twisted.logger import Logger
 
 from wsrelay import config as configmod
 from wsrelay.config import Config, ConfigError, Listener
-from wsrelay.gateway import Gateway
+from wsrelay.gateway import Gateway, check_access_log
 from wsrelay.listeners import open_listener
 from wsrelay.site import RelaySite
 from wsrelay.workers import Workers
@@ -52,35 +55,60 @@ def _url(port: IListeningPort, listener: Listener) -> str:
 
 
 class _TLS:
-    """Per-listener TLS server contexts, loaded from the config (imported lazily: pyOpenSSL)."""
+    """Per-listener TLS server contexts and the upstream CA files, loaded from the config
+    (imported lazily: pyOpenSSL)."""
 
     def __init__(self) -> None:
         self.contexts: dict[str, Any] = {}
 
+    @staticmethod
+    def needed(config: Config) -> bool:
+        return any(l.tls for l in config.listeners) or any(
+            u.tls_ca or any(s.tls for s in u.servers) for u in config.upstreams.values())
+
     def prepare(self, config: Config) -> Callable[..., None]:
-        """Load every certificate of ``config``; return a function that puts them in service.
+        """Load every certificate and CA file of ``config`` and build its contexts; return a
+        function that puts them in service (``only_new``: only contexts for listeners that have none).
 
         Raises ConfigError before anything changes.
         """
-        if not any(l.tls for l in config.listeners):
+        if not self.needed(config):
             return lambda only_new=False: None
         from wsrelay import tls
 
-        loaded = tls.load_certificates(config.certificates, config.path)
-        built = {
-            l.name: (l.tls, loaded) for l in config.listeners if l.tls is not None
-        }
+        built = tls.server_contexts(config, tls.load_certificates(config.certificates, config.path))
+        upstream_tls = tls.load_upstream_tls(config)
 
         def commit(only_new: bool = False) -> None:
-            for name, (server_tls, certs) in built.items():
-                if only_new and name in self.contexts:
-                    continue
-                if name in self.contexts:
-                    self.contexts[name].update(server_tls, certs)
-                else:
-                    self.contexts[name] = tls.ServerContexts(server_tls, certs)
+            for name, contexts in built.items():
+                if name not in self.contexts:
+                    self.contexts[name] = tls.ServerContexts(contexts)
+                elif not only_new:
+                    self.contexts[name].use(contexts)
+            if not only_new:
+                tls.use_upstream_tls(upstream_tls)
 
         return commit
+
+
+def check(config: Config) -> None:
+    """What ``--check`` verifies beyond parsing, short of listening: the TLS files and cipher lists,
+    the upstream CA files, the access log.  Raises ConfigError; changes nothing."""
+    _TLS().prepare(config)
+    check_access_log(config)
+
+
+def _restart_needed(old: Config, new: Config) -> None:
+    """ConfigError if ``new`` changes a kept listener (same name and endpoint) in a way a reload
+    cannot apply: a kept listener keeps its socket, so whether it speaks TLS stays."""
+    kept = {(l.name, l.endpoint): l for l in old.listeners}
+    for listener in new.listeners:
+        before = kept.get((listener.name, listener.endpoint))
+        if before is not None and (before.tls is None) != (listener.tls is None):
+            section, _ = _listener_location(new, listener)
+            change = "on to off" if listener.tls is None else "off to on"
+            raise ConfigError(new.path, section, "tls", f"changed from {change}: the listener keeps its socket"
+                              " on reload, restart wsrelay to apply this (or give it a new endpoint)")
 
 
 class RelayService(MultiService):
@@ -104,6 +132,7 @@ class RelayService(MultiService):
         self._tls.prepare(config)()
         self.gateway = Gateway(reactor, config)
         self.ports: dict[tuple[str, str], IListeningPort] = {}
+        self.sites: dict[tuple[str, str], RelaySite] = {}
         self.urls: list[str] = []
         self._previous_sighup: Any = None
 
@@ -117,14 +146,15 @@ class RelayService(MultiService):
 
     # -- listeners --------------------------------------------------------------------------
 
-    def _listen(self, listener: Listener) -> IListeningPort:
+    def _listen(self, listener: Listener) -> tuple[IListeningPort, RelaySite]:
         """Start ``listener``; raise ConfigError if it cannot listen."""
         config = self.config
         section, key = _listener_location(config, listener)
         creator = self._tls.contexts[listener.name] if listener.tls is not None else None
+        site = RelaySite(self.gateway, listener)
         try:
             port = open_listener(
-                self.reactor, listener.endpoint, RelaySite(self.gateway, listener), tls_creator=creator,
+                self.reactor, listener.endpoint, site, tls_creator=creator,
                 reuse_port=self.worker is not None or config.workers > 1,
                 port=self.port_overrides.get(listener.name),
             )
@@ -138,18 +168,20 @@ class RelayService(MultiService):
         self.urls.append(url)
         self.log.info("wsrelay listening on {url} ({listener}{worker})", url=url, listener=listener.name,
                       worker=self._worker_label)
-        return port
+        return port, site
 
     def _start_listeners(self, listeners: tuple[Listener, ...]) -> None:
-        started: list[tuple[tuple[str, str], IListeningPort]] = []
+        started: list[tuple[tuple[str, str], tuple[IListeningPort, RelaySite]]] = []
         try:
             for listener in listeners:
                 started.append(((listener.name, listener.endpoint), self._listen(listener)))
         except ConfigError:
-            for _, port in started:
+            for _, (port, _site) in started:
                 port.stopListening()
             raise
-        self.ports.update(started)
+        for key, (port, site) in started:
+            self.ports[key] = port
+            self.sites[key] = site
 
     def privilegedStartService(self) -> None:
         # Bind before privileges are shed (twistd --uid), so ports below 1024 work.
@@ -179,11 +211,19 @@ class RelayService(MultiService):
     # -- reload -----------------------------------------------------------------------------
 
     def reload(self) -> bool:
-        """Re-read the configuration file; True if the new one is in service."""
+        """Re-read the configuration file; True if the new one is in service.
+
+        Everything that can fail comes first (parsing, a kept listener's change that needs a
+        restart, TLS files and contexts, CA files, the access log, binding added listeners); only
+        then does anything change, so a refused reload leaves the running configuration whole.
+        """
         path = self.config.path
+        access_log = None
         try:
             new = self.loader(path)
+            _restart_needed(self.config, new)
             commit_tls = self._tls.prepare(new)
+            access_log = self.gateway.access_log_for(new)
             wanted = {(l.name, l.endpoint): l for l in new.listeners}
             added = [l for key, l in wanted.items() if key not in self.ports]
             old_ports = self.ports
@@ -195,6 +235,8 @@ class RelayService(MultiService):
                 self.ports = old_ports
                 raise
         except ConfigError as e:
+            if access_log is not None:
+                access_log.close()
             self.log.error("reload refused, the running configuration stays in service{worker}: {error}",
                            error=str(e), worker=self._worker_label)
             return False
@@ -206,7 +248,10 @@ class RelayService(MultiService):
             if key not in wanted:
                 self.log.info("listener {name} removed: no longer listening on {endpoint}", name=key[0], endpoint=key[1])
                 port.stopListening()
-        self.gateway.apply(new)
+                self.sites.pop(key, None)
+        for key, listener in wanted.items():
+            self.sites[key].use(listener)  # redirect, redirect_port, hsts_max_age
+        self.gateway.apply(new, access_log)
         self.log.info("configuration reloaded from {path}: {routes} routes, {upstreams} upstream groups{worker}",
                       path=path, routes=len(new.routes), upstreams=len(new.upstreams), worker=self._worker_label)
         return True
@@ -220,6 +265,7 @@ class RelayService(MultiService):
             self._previous_sighup = None
         yield DeferredList([Deferred.fromCoroutine(_stop(p)) for p in self.ports.values()])
         self.ports.clear()
+        self.sites.clear()
         workers_stopped = self.workers.stop(self.config.drain_timeout + 5) if self.workers else None
         if self.gateway.live:
             self.log.info("draining {n} open exchanges for up to {t}s", n=len(self.gateway.live),

@@ -108,6 +108,12 @@ class RelaySite(Site):
         self.displayTracebacks = False
         self.noisy = False
 
+    def use(self, listener: Listener) -> None:
+        """Apply a reloaded listener's settings (redirect, redirect_port, hsts_max_age) to new
+        requests.  Whether it is TLS cannot change: the socket keeps its factory."""
+        assert (listener.tls is None) == (self.listener.tls is None), "tls on/off needs a restart"
+        self.listener = self.resource.listener = listener
+
     def acceptableProtocols(self) -> list[bytes]:
         # Never offer h2 through ALPN: WebSocket takeover and streaming need HTTP/1.1.
         return [b"http/1.1"]

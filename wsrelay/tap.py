@@ -45,10 +45,10 @@ def makeService(options: Options) -> IService:
     path = options["config"]
     try:
         config = configmod.load(path)
-        if any(l.tls for l in config.listeners):
-            from wsrelay import tls
+        if options["check"]:
+            from wsrelay.service import check
 
-            tls.load_certificates(config.certificates, config.path)
+            check(config)  # TLS files, cipher lists, CA files, the access log
     except configmod.ConfigError as e:
         raise _fail(str(e)) from None
     if options["check"]:
@@ -66,7 +66,11 @@ def makeService(options: Options) -> IService:
         ports = {str(k): int(v) for k, v in json.loads(options["ports"]).items()}
     except (ValueError, AttributeError):
         raise _fail(f"--ports: {options['ports']!r} is not a JSON object of listener names to ports") from None
-    service = RelayService(config, reactor, handle_signals=True, worker=worker, port_overrides=ports)
+    try:
+        # Loads TLS files and contexts, CA files, opens the access log: ConfigError on a problem.
+        service = RelayService(config, reactor, handle_signals=True, worker=worker, port_overrides=ports)
+    except configmod.ConfigError as e:
+        raise _fail(str(e)) from None
     if worker is not None:
         from wsrelay.workers import watch_master
 

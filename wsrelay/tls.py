@@ -8,18 +8,24 @@ Server side, per TLS listener (:class:`ServerContexts`):
   "intermediate" profile for TLS 1.2 (``tls_ciphers``); key exchange groups X25519, P-256, P-384;
   ALPN ``http/1.1`` only; no TLS compression, no renegotiation, no session tickets.
 - One context per certificate, chosen by SNI: an exact name first, then a ``*.domain`` wildcard
-  (one label); a client that sends no or an unknown name gets ``default_certificate``, or the
-  handshake is refused with an ``unrecognized_name`` alert when the listener has none.
-- Contexts are built once per configuration load; :meth:`ServerContexts.update` swaps them in on
-  reload (new handshakes get the new certificates, open connections keep theirs).
+  (one label); a client that sends no or an unknown name gets ``default_certificate``, or, when
+  the listener has none, is switched to a context without a certificate, so OpenSSL ends the
+  handshake with an alert (one info line, no traceback).
+- Contexts are built once per configuration load (:func:`server_contexts`);
+  :meth:`ServerContexts.use` swaps them in on reload (new handshakes get the new certificates, open
+  connections keep theirs).
 
-Loading (:func:`load_certificates`) checks everything before anything is used: the files exist and
-are PEM, the key opens (with its password) and matches the certificate, the certificate is within
-its validity period.  Each problem is a ConfigError naming the section, key and file.
+Loading (:func:`load_certificates`, :func:`server_contexts`, :func:`load_upstream_tls`) checks
+everything before anything is used: the files exist and are PEM, the key opens (with its password)
+and matches the certificate, the certificate is within its validity period, ``tls_ciphers``
+selects a cipher, every ``tls_ca`` holds PEM certificates.  Each problem is a ConfigError naming
+the section, key and file.
 
 Upstream side (:func:`client_creator`): the upstream's certificate is verified against the system
 trust store or ``tls_ca``, its name checked with service-identity, SNI sent; ``tls_verify = off``
-turns verification off for that group only.
+turns verification off for that group only.  CA files are read at load, not per connection; the
+creators of the configuration in service (:func:`use_upstream_tls`) are module state, one set per
+process.
 """
 
 from __future__ import annotations
@@ -35,12 +41,14 @@ from cryptography.x509.oid import ExtensionOID
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl as tssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsrelay.config import Certificate, ConfigError, Server, ServerTLS, Upstream
+from wsrelay.config import Certificate, Config, ConfigError, Server, ServerTLS, Upstream
 
 GROUPS = b"X25519:P-256:P-384"
+_log = Logger()
 
 
 @attrs.frozen
@@ -132,79 +140,189 @@ def _set_groups(ctx: SSL.Context) -> None:
         raise SSL.Error("cannot set the key exchange groups")
 
 
-def _context(tls: ServerTLS, cert: LoadedCertificate, select: Any) -> SSL.Context:
+def _cipher_list(ciphers: str) -> bytes:
+    # Never an anonymous or null suite, whatever tls_ciphers says: a refused handshake (no
+    # certificate) must fail, not fall back to an unauthenticated one.
+    return ciphers.encode("ascii") + b":!aNULL:!eNULL"
+
+
+def _server_context(tls: ServerTLS, cert: LoadedCertificate | None) -> SSL.Context:
+    """A listener context for ``cert``; with None, one with no certificate, whose handshakes fail."""
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION if tls.min_version == "1.3" else SSL.TLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_TICKET | SSL.OP_CIPHER_SERVER_PREFERENCE
                     | getattr(SSL, "OP_NO_RENEGOTIATION", 0))
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    ctx.set_cipher_list(tls.ciphers.encode("ascii"))
+    ctx.set_cipher_list(_cipher_list(tls.ciphers))
     _set_groups(ctx)
-    ctx.use_certificate(crypto.X509.from_cryptography(cert.chain[0]))
-    for extra in cert.chain[1:]:
-        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
-    ctx.use_privatekey(crypto.PKey.from_cryptography_key(cert.key))
-    ctx.check_privatekey()
+    if cert is not None:
+        ctx.use_certificate(cert.chain[0])
+        for extra in cert.chain[1:]:
+            ctx.add_extra_chain_cert(extra)
+        ctx.use_privatekey(cert.key)
+        ctx.check_privatekey()
     ctx.set_alpn_select_callback(lambda conn, offered: b"http/1.1" if b"http/1.1" in offered else SSL.NO_OVERLAPPING_PROTOCOLS)
-    ctx.set_tlsext_servername_callback(select)
     return ctx
+
+
+class SNIContexts:
+    """The contexts of one listener for one configuration, and the SNI choice among them.
+
+    A handshake starts on one set and its servername callback is that set's: it never mixes the
+    contexts of two configurations.
+    """
+
+    def __init__(self, listener: str, tls: ServerTLS, loaded: Mapping[str, LoadedCertificate]) -> None:
+        self.listener = listener
+        contexts = {name: _server_context(tls, loaded[name]) for name in tls.certificates}
+        self.exact: dict[str, SSL.Context] = {}
+        self.wildcard: dict[str, SSL.Context] = {}
+        for name in tls.certificates:
+            for host in loaded[name].names:
+                target = self.wildcard if host.startswith("*.") else self.exact
+                target.setdefault(host.removeprefix("*."), contexts[name])
+        self.default = contexts[tls.default_certificate] if tls.default_certificate else None
+        self.first = next(iter(contexts.values()))
+        # No certificate: switching a handshake to it makes OpenSSL end it with a
+        # handshake_failure alert.  (Raising in the callback would alert too, but pyOpenSSL hands
+        # the exception to sys.excepthook: a traceback in the log per refused handshake.)
+        self.refusing = _server_context(tls, None) if self.default is None else None
+        for ctx in contexts.values():
+            ctx.set_tlsext_servername_callback(self.select)
+
+    def context_for(self, server_name: bytes | None) -> SSL.Context | None:
+        """The context for an SNI name: exact, then ``*.parent``, then the default (None: refuse)."""
+        if server_name:
+            name = server_name.decode("ascii", "replace").lower().rstrip(".")
+            if name in self.exact:
+                return self.exact[name]
+            parent = name.split(".", 1)[1] if "." in name else ""
+            if parent in self.wildcard:
+                return self.wildcard[parent]
+        return self.default
+
+    def select(self, connection: SSL.Connection) -> None:
+        """The servername callback: switch to the chosen context, or to the refusing one."""
+        server_name = connection.get_servername()
+        ctx = self.context_for(server_name)
+        if ctx is None:
+            shown = server_name[:100].decode("ascii", "replace") if server_name else "none"
+            _log.info("TLS handshake refused on listener {listener}: no certificate for server name {name!r}",
+                      listener=self.listener, name=shown)
+            ctx = self.refusing
+        connection.set_context(ctx)
+
+
+def server_contexts(config: Config, loaded: Mapping[str, LoadedCertificate]) -> dict[str, SNIContexts]:
+    """Build the contexts of every TLS listener of ``config``; ConfigError for a bad ``tls_ciphers``."""
+    result = {}
+    for listener in config.listeners:
+        if listener.tls is None:
+            continue
+        try:
+            SSL.Context(SSL.TLS_METHOD).set_cipher_list(_cipher_list(listener.tls.ciphers))
+        except SSL.Error:
+            raise ConfigError(config.path, f"listener {listener.name}", "tls_ciphers",
+                              f"{listener.tls.ciphers!r} selects no cipher OpenSSL knows"
+                              " (see 'openssl ciphers -v STRING')") from None
+        result[listener.name] = SNIContexts(listener.name, listener.tls, loaded)
+    return result
 
 
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerContexts:
-    """The TLS contexts of one listener, swappable on reload."""
+    """The TLS connection creator of one listener; its contexts are swapped on reload."""
 
-    def __init__(self, tls: ServerTLS, loaded: Mapping[str, LoadedCertificate]) -> None:
-        self.update(tls, loaded)
+    def __init__(self, contexts: SNIContexts) -> None:
+        self.contexts = contexts
 
-    def update(self, tls: ServerTLS, loaded: Mapping[str, LoadedCertificate]) -> None:
-        """Build and swap in the contexts for ``tls`` (new handshakes only)."""
-        contexts = {name: _context(tls, loaded[name], self._select) for name in tls.certificates}
-        exact: dict[str, SSL.Context] = {}
-        wildcard: dict[str, SSL.Context] = {}
-        for name in tls.certificates:
-            for host in loaded[name].names:
-                target = wildcard if host.startswith("*.") else exact
-                target.setdefault(host[2:] if host.startswith("*.") else host, contexts[name])
-        default = contexts[tls.default_certificate] if tls.default_certificate else None
-        # One attribute swap: a handshake sees the old set or the new one, never a mix.
-        self._state = (exact, wildcard, default, next(iter(contexts.values())))
+    def use(self, contexts: SNIContexts) -> None:
+        """Put another configuration's contexts in service (new handshakes only)."""
+        self.contexts = contexts  # one attribute swap: a handshake sees the old set or the new one
 
     def context_for(self, server_name: bytes | None) -> SSL.Context | None:
-        exact, wildcard, default, _ = self._state
-        if server_name:
-            name = server_name.decode("ascii", "replace").lower().rstrip(".")
-            if name in exact:
-                return exact[name]
-            parent = name.split(".", 1)[1] if "." in name else ""
-            if parent in wildcard:
-                return wildcard[parent]
-        return default
-
-    def _select(self, connection: SSL.Connection) -> None:
-        ctx = self.context_for(connection.get_servername())
-        if ctx is None:
-            raise SSL.Error("unrecognized server name")  # aborts the handshake with an alert
-        connection.set_context(ctx)
+        return self.contexts.context_for(server_name)
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        exact, wildcard, default, first = self._state
+        contexts = self.contexts
         # Start on the default context (or any, when SNI decides) and switch in the SNI callback.
-        return SSL.Connection(default or first, None)
+        return SSL.Connection(contexts.default or contexts.first, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Upstreams
+
+
+def read_ca(path: str) -> Any:
+    """A trust root of the PEM certificates in ``path``; ValueError saying why it cannot be one."""
+    try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise ValueError(f"{path}: no PEM certificate in it") from None
+    return tssl.trustRootFromCertificates([tssl.Certificate(crypto.X509.from_cryptography(c)) for c in certs])
+
+
+class UpstreamTLS:
+    """Client TLS toward upstreams for one configuration: each ``tls_ca`` file is read once, at
+    load, and one connection creator per (verification, CA, name) serves every connection."""
+
+    def __init__(self, roots: Mapping[str, Any]) -> None:
+        self._roots = dict(roots)  # tls_ca path -> trust root
+        self._creators: dict[tuple[bool, str | None, str], Any] = {}
+
+    def creator(self, upstream: Upstream, server: Server) -> Any:
+        """The creator for an ``https://`` server of ``upstream``; never raises."""
+        key = (upstream.tls_verify, upstream.tls_ca, upstream.tls_server_name or server.host)
+        creator = self._creators.get(key)
+        if creator is None:
+            creator = self._creators[key] = self._build(*key)
+        return creator
+
+    def _build(self, verify: bool, ca: str | None, hostname: str) -> Any:
+        if not verify:
+            return tssl.CertificateOptions(verify=False, acceptableProtocols=[b"http/1.1"])
+        trust = tssl.platformTrust() if ca is None else self._trust(ca)
+        return tssl.optionsForClientTLS(hostname, trustRoot=trust, acceptableProtocols=[b"http/1.1"])
+
+    def _trust(self, ca: str) -> Any:
+        if ca not in self._roots:  # used without a configuration load (load_upstream_tls)
+            try:
+                self._roots[ca] = read_ca(ca)
+            except ValueError as e:
+                _log.error("upstream TLS: {error}: its servers fail verification", error=str(e))
+                self._roots[ca] = tssl.trustRootFromCertificates([])  # trusts nothing
+        return self._roots[ca]
+
+
+def load_upstream_tls(config: Config) -> UpstreamTLS:
+    """Read every ``tls_ca`` of ``config``; ConfigError naming the upstream on any problem."""
+    roots: dict[str, Any] = {}
+    for name, upstream in config.upstreams.items():
+        if upstream.tls_ca is not None and upstream.tls_ca not in roots:
+            try:
+                roots[upstream.tls_ca] = read_ca(upstream.tls_ca)
+            except ValueError as e:
+                raise ConfigError(config.path, f"upstream {name}", "tls_ca", str(e)) from None
+    return UpstreamTLS(roots)
+
+
+_upstream_tls = UpstreamTLS({})  # the configuration in service (per process)
+
+
+def use_upstream_tls(upstream_tls: UpstreamTLS) -> None:
+    """Put a loaded configuration's upstream TLS in service for new connections."""
+    global _upstream_tls
+    _upstream_tls = upstream_tls
 
 
 def client_creator(upstream: Upstream, server: Server) -> Any:
     """A Twisted client TLS connection creator for an ``https://`` server of ``upstream``."""
-    hostname = upstream.tls_server_name or server.host
-    if not upstream.tls_verify:
-        return tssl.CertificateOptions(verify=False, acceptableProtocols=[b"http/1.1"])
-    trust: Any = tssl.platformTrust()
-    if upstream.tls_ca:
-        with open(upstream.tls_ca, "rb") as f:
-            trust = tssl.trustRootFromCertificates(
-                [tssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM))
-                 for c in x509.load_pem_x509_certificates(f.read())])
-    return tssl.optionsForClientTLS(hostname, trustRoot=trust, acceptableProtocols=[b"http/1.1"])
+    return _upstream_tls.creator(upstream, server)
 
 
 def describe_tls_failure(failure: Failure | BaseException) -> str:
