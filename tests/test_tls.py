@@ -360,6 +360,28 @@ def test_openssl_s_client_sees_a_verified_tls13_session(ca: CA, tls_relay: Relay
     assert "TLSv1.3" in result.stdout
 
 
+def test_redirect_routes_redirect_plain_http_only(ca: CA, demo: UpstreamProcess,
+                                                 start_relay: Callable[..., RelayProcess]) -> None:
+    """A route with ``redirect`` sends plain HTTP to https; over TLS it never redirects (that would
+    loop): it serves its upstream if it has one, else 404."""
+    relay = start_relay(tls_relay_config(ca, demo.port) + """
+[route =/api/info]
+upstream = app
+redirect = 308
+[route /login/]
+redirect = 301
+""", wait=False)
+    relay.wait_listening(count=3)
+    plain = int(relay.urls[0].rstrip("/").rsplit(":", 1)[1])
+    for path, status in ((b"/api/info", b"308"), (b"/login/x", b"301")):
+        with socket.create_connection(("127.0.0.1", plain), timeout=10) as s:
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n" % path)
+            data = s.recv(65536)
+        assert data.startswith(b"HTTP/1.1 " + status) and b"Location: https://a.test" + path in data
+    assert https_get(tls_port(relay), ca).startswith(b"HTTP/1.1 200 ")
+    assert https_get(tls_port(relay), ca, "/login/x").startswith(b"HTTP/1.1 404 ")
+
+
 def https_get(port: int, ca: CA, path: str = "/api/info") -> bytes:
     """The response head of a GET over TLS (SNI a.test)."""
     with handshake(port, client_context(ca), "a.test") as s:

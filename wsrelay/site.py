@@ -81,7 +81,11 @@ class RelayResource(Resource):
         if route is None:
             raise NotFound(f"no route for host {host!r} path {path!r}")
         if route.redirect is not None:
-            return self._redirect(request, host, route.redirect)
+            if tls is None:
+                return self._redirect(request, host, route.redirect)
+            # Already https: redirecting again would loop.  A route with an upstream serves it.
+            if not route.upstream:
+                raise NotFound(f"route {route.name} only redirects plain HTTP to https")
         if H.is_websocket_upgrade(raw):
             return self.gateway.websocket.render(request, route, runtime, self.scheme)
         return self.gateway.http.render(request, route, runtime, self.scheme)
