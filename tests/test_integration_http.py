@@ -299,6 +299,33 @@ def test_retry_on_next_server_when_connect_fails(upstream: ScriptedUpstream,
     assert [r.body for r in upstream.requests] == [b"data"] * 3
 
 
+def test_cookie_stickiness_through_the_proxy(upstream: ScriptedUpstream,
+                                             start_relay: Callable[..., RelayProcess]) -> None:
+    """balance = cookie: the first answer carries wsrelay's Set-Cookie next to the upstream's own;
+    requests with that cookie all reach the same server; without it they are spread."""
+    other = ScriptedUpstream()
+    try:
+        text = config(upstream.port, upstream_extra="balance = cookie\nsticky = srv")
+        relay = start_relay(text.replace(f"servers = 127.0.0.1:{upstream.port}",
+                                         f"servers = 127.0.0.1:{upstream.port} 127.0.0.1:{other.port}"))
+        first = request(relay.port, "GET", "/cookies")
+        first.read()
+        cookies = first.headers.get_all("Set-Cookie")
+        assert cookies[:2] == ["a=1; Path=/", "b=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT"]  # the upstream's
+        sticky = next(c for c in cookies if c.startswith("srv="))
+        value = sticky.split(";", 1)[0]
+        chosen = upstream if upstream.requests else other
+        for _ in range(6):
+            response = request(relay.port, "GET", "/echo", headers=[("Cookie", value)])
+            assert response.status == 200 and response.read() == b"ok"
+        assert len(chosen.requests) == 7
+        for _ in range(6):
+            request(relay.port, "GET", "/echo").read()
+        assert upstream.requests and other.requests  # without the cookie: both servers
+    finally:
+        other.stop()
+
+
 def test_connect_timeout_is_retried_and_never_taken_for_a_read_timeout(
         upstream: ScriptedUpstream, start_relay: Callable[..., RelayProcess]) -> None:
     """A server that never completes the TCP handshake: after connect_timeout the request goes to the
