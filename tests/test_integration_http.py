@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import signal
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -258,6 +259,23 @@ def test_access_log_to_a_file(upstream: ScriptedUpstream, start_relay: Callable[
     assert re.fullmatch(r'127\.0\.0\.1 - - \[[^]]+\] "GET /echo\?to=file HTTP/1\.1" 200 2 "-" "-" '
                         r"upstream=127\.0\.0\.1:%d rt=\d+\.\d{3}" % upstream.port, line)
     assert not any("GET /echo" in out for out in relay.output.lines)
+
+
+def test_sighup_reopens_the_access_log_after_logrotate(upstream: ScriptedUpstream,
+                                                      start_relay: Callable[..., RelayProcess],
+                                                      tmp_path: Path) -> None:
+    """logrotate moves the file away, then sends SIGHUP: wsrelay writes to a new file of that name."""
+    log_file = tmp_path / "access.log"
+    relay = start_relay(config(upstream.port).replace("access_log = -", f"access_log = {log_file}"))
+    request(relay.port, "GET", "/echo?before").read()
+    assert poll_until(lambda: "GET /echo?before" in log_file.read_text())
+    log_file.rename(tmp_path / "access.log.1")
+    mark = len(relay.output.lines)
+    relay.signal(signal.SIGHUP)
+    relay.output.wait_for("configuration reloaded", start=mark)
+    request(relay.port, "GET", "/echo?after").read()
+    assert poll_until(lambda: log_file.exists() and "GET /echo?after" in log_file.read_text())
+    assert "after" not in (tmp_path / "access.log.1").read_text()
 
 
 @pytest.mark.parametrize("script", ["/reset", "/reset-unframed"])

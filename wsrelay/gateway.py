@@ -85,15 +85,18 @@ class Gateway:
         self.websocket = WebSocketGateway(self)
 
     def access_log_for(self, config: Config) -> AccessLog | None:
-        """The access log ``config`` needs opened, if it names another one than in service (None:
-        keep the current one).  ConfigError if it cannot be opened; nothing changes either way."""
-        return open_access_log(config) if config.access_log != self.access_log.path else None
+        """The access log ``config`` needs opened (None: keep the current one).  A file is opened
+        anew on every reload, the same path too, so that SIGHUP after logrotate moved it starts a
+        new file (as nginx's USR1).  ConfigError if it cannot be opened; nothing changes either way."""
+        if config.access_log == self.access_log.path and config.access_log in (None, "-"):
+            return None
+        return open_access_log(config)
 
     def apply(self, config: Config, access_log: AccessLog | None = None) -> None:
         """Put a new, already validated configuration in service for new requests, with the
         access log :meth:`access_log_for` opened for it."""
-        if access_log is None and config.access_log != self.access_log.path:
-            access_log = open_access_log(config)
+        if access_log is None:
+            access_log = self.access_log_for(config)
         self.balancer.configure(config.upstreams)
         self.health.configure(config.upstreams)
         if access_log is not None:
