@@ -380,11 +380,14 @@ def test_connect_timeout_is_retried_and_never_taken_for_a_read_timeout(
 ])
 def test_malformed_requests_get_4xx_close_and_never_reach_upstream(raw: bytes, status: int, relay: RelayProcess,
                                                                    upstream: ScriptedUpstream) -> None:
-    """Each malformed request gets its 4xx and a closed connection, and the upstream receives nothing."""
+    """Each malformed request gets its 4xx, an access-log line and a closed connection, and the
+    upstream receives nothing."""
+    mark = len(relay.output.lines)
     answer = raw_exchange(relay.port, raw)
     assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
     assert answer.endswith(b"\n")  # a body, then the close (raw_exchange read to EOF)
     assert upstream.requests == []
+    relay.output.wait_for(r'^127\.0\.0\.1 - - \[[^]]+\] "[^"]*" %d \d+ ' % status, start=mark)
 
 
 def test_access_log_line_per_request(relay: RelayProcess, upstream: ScriptedUpstream) -> None:

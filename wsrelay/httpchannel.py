@@ -86,8 +86,17 @@ class RelayHTTPChannel(http.HTTPChannel):
                 b"Cache-Control: no-store", b"Connection: close"]
         head += [name + b": " + value for name, value in error.headers.items()]
         self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + error.body)
+        if request is None and self.requests:
+            request = self.requests[-1]  # the request whose head was being read
         if request is not None:
             request.log_refusal(error.status, len(error.body))
+        else:  # refused on its request line: no request yet, an access-log line all the same
+            access_log = self.site.gateway.access_log
+            if access_log.enabled:
+                access_log.write(format_line(
+                    client=peer, when=time.time(), method=b"-", target=b"-", protocol=b"-",
+                    status=error.status, sent=len(error.body), referer=None, user_agent=None,
+                    upstream=None, duration=0.0))
         self.dataReceived = lambda data: None  # type: ignore[method-assign]
         self.transport.loseConnection()
 
