@@ -272,6 +272,8 @@ class _TLSUpstream:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
+        self.server_names: list[str | None] = []
+        ctx.sni_callback = lambda sock, name, context: self.server_names.append(name)
         self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -286,6 +288,7 @@ class _TLSUpstream:
     ("tls_server_name = backend.test", 502, "certificate verify failed"),
     ("tls_ca = {ca}\ntls_server_name = wrong.test", 502, "does not match its name"),
     ("tls_verify = off", 200, None),
+    ("tls_verify = off\ntls_server_name = backend.test", 200, None),
 ])
 def test_tls_upstreams_are_verified(settings: str, status: int, log: str | None, ca: CA,
                                     start_relay: Callable[..., RelayProcess]) -> None:
@@ -312,6 +315,8 @@ retries = 0
         assert data.startswith(b"HTTP/1.1 %d" % status), data[:100]
         if status == 200:
             assert data.endswith(b"secure")
+            # SNI: the server name, never an address (RFC 6066), verified or not
+            assert upstream.server_names == ["backend.test" if "backend.test" in settings else None]
         if log:
             relay.output.wait_for(log)
     finally:

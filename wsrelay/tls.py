@@ -31,6 +31,7 @@ process.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,7 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl as tssl
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -267,6 +268,31 @@ def read_ca(path: str) -> Any:
     return tssl.trustRootFromCertificates([tssl.Certificate(crypto.X509.from_cryptography(c)) for c in certs])
 
 
+@implementer(IOpenSSLClientConnectionCreator)
+class _Unverified:
+    """``tls_verify = off``: no certificate or name check, but SNI still sent (a server name, not
+    an address: RFC 6066 section 3), since a server with several certificates picks one by it."""
+
+    def __init__(self, hostname: str) -> None:
+        self._options = tssl.CertificateOptions(verify=False, acceptableProtocols=[b"http/1.1"])
+        self._sni = None if _is_address(hostname) else hostname.encode("idna")
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self._options.getContext(), None)
+        connection.set_app_data(tlsProtocol)
+        if self._sni is not None:
+            connection.set_tlsext_host_name(self._sni)
+        return connection
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class UpstreamTLS:
     """Client TLS toward upstreams for one configuration: each ``tls_ca`` file is read once, at
     load, and one connection creator per (verification, CA, name) serves every connection."""
@@ -285,7 +311,7 @@ class UpstreamTLS:
 
     def _build(self, verify: bool, ca: str | None, hostname: str) -> Any:
         if not verify:
-            return tssl.CertificateOptions(verify=False, acceptableProtocols=[b"http/1.1"])
+            return _Unverified(hostname)
         trust = tssl.platformTrust() if ca is None else self._trust(ca)
         return tssl.optionsForClientTLS(hostname, trustRoot=trust, acceptableProtocols=[b"http/1.1"])
 
