@@ -6,6 +6,7 @@ path, so tests can assert on what crossed the proxy byte for byte:
 - ``/echo``: 200 with a JSON-free plain body ``ok`` and the response headers in ``respond_headers``;
 - ``/chunked``: a chunked 200 of three chunks; ``/head``: 200 with Content-Length 5;
 - ``/204``, ``/304``: those statuses; ``/cookies``: two ``Set-Cookie`` lines and hop-by-hop fields;
+  ``/hsts``: 200 with a Strict-Transport-Security field of its own;
 - ``/big?N``: N bytes of a known pattern, written with ``send`` and a 1 s timeout so the test learns
   (``blocked`` event) when the proxy stopped reading;
 - ``/silent``: never answers; ``/reset``: sends half a Content-Length body, then resets;
@@ -171,6 +172,9 @@ class ScriptedUpstream:
         if path == b"/chunked":
             conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                          b"5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\n\r\n")
+            return True
+        if path == b"/hsts":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nStrict-Transport-Security: max-age=5\r\nContent-Length: 2\r\n\r\nok")
             return True
         if path == b"/204":
             conn.sendall(b"HTTP/1.1 204 No Content\r\nX-Kind: empty\r\n\r\n")

@@ -387,6 +387,23 @@ redirect = 301
     assert https_get(tls_port(relay), ca, "/login/x").startswith(b"HTTP/1.1 404 ")
 
 
+def test_listener_hsts_replaces_the_upstreams(ca: CA, start_relay: Callable[..., RelayProcess]) -> None:
+    """An upstream that sends its own Strict-Transport-Security behind a listener with
+    hsts_max_age: the client gets one such line, the listener's."""
+    from tests.scripted_upstream import ScriptedUpstream
+
+    upstream = ScriptedUpstream()
+    try:
+        relay = start_relay(tls_relay_config(ca, upstream.port), wait=False)
+        relay.wait_listening(count=3)
+        head = https_get(tls_port(relay), ca, "/hsts")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert [line for line in head.split(b"\r\n") if line.lower().startswith(b"strict-transport-security:")] \
+            == [b"Strict-Transport-Security: max-age=3600"]
+    finally:
+        upstream.stop()
+
+
 def https_get(port: int, ca: CA, path: str = "/api/info") -> bytes:
     """The response head of a GET over TLS (SNI a.test)."""
     with handshake(port, client_context(ca), "a.test") as s:

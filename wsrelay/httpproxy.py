@@ -326,7 +326,10 @@ class _Exchange:
         if response.code == 204 or response.code < 200:
             fields = [(k, v) for k, v in fields if k.lower() != b"content-length"]
         fields += H.flatten(response.headers.getAllRawHeaders())
+        hsts = request.responseHeaders.hasHeader(b"strict-transport-security")  # the listener's hsts_max_age
         for name, value in H.response_to_client(fields):
+            if hsts and name.lower() == b"strict-transport-security":
+                continue  # the listener's setting wins: one HSTS line, not two
             request.responseHeaders.addRawHeader(name, value)
         cookie = self.lease.set_cookie()
         if cookie is not None:
