@@ -220,6 +220,25 @@ def test_removed_server_lease_releases_cleanly() -> None:
     assert b.retired == {"g": []}
 
 
+def test_removed_server_stays_visible_until_drained_and_keeps_its_count_if_readded() -> None:
+    """A server a reload removed shows in snapshot as retired while it carries connections; added
+    back before it drained, it keeps its count (least_conn does not overload it)."""
+    b, _ = balancer("127.0.0.1:1 127.0.0.1:2", "balance = least_conn")
+    held = [b.acquire("g", client_ip="x") for _ in range(4)]
+    b.configure(groups("127.0.0.1:1", "balance = least_conn"))
+    snap = b.snapshot()["g"]
+    assert snap["http://127.0.0.1:2"]["retired"] is True and snap["http://127.0.0.1:2"]["active"] == 2
+    assert snap["http://127.0.0.1:1"]["retired"] is False
+    b.configure(groups("127.0.0.1:1 127.0.0.1:2", "balance = least_conn"))
+    snap = b.snapshot()["g"]
+    assert snap["http://127.0.0.1:2"]["retired"] is False and snap["http://127.0.0.1:2"]["active"] == 2
+    assert b.retired == {"g": []}
+    for lease in held:
+        lease.release()
+    assert {key: s["active"] for key, s in b.snapshot()["g"].items()} == {
+        "http://127.0.0.1:1": 0, "http://127.0.0.1:2": 0}
+
+
 def test_snapshot_reports_served_and_failures() -> None:
     """snapshot shows active, served, failures in all and recent failures per server."""
     b, _ = balancer("127.0.0.1:1")

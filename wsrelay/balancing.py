@@ -129,8 +129,13 @@ class Balancer:
         for name, upstream in upstreams.items():
             old = self.states.get(name, {})
             group: dict[str, ServerState] = {}
+            retired = {state.server.key: state for state in self.retired.get(name, [])}
             for server in upstream.servers:
                 state = old.get(server.key)
+                if state is None and server.key in retired:  # removed, then back before it drained
+                    state = retired[server.key]
+                    state.retired = False
+                    self.retired[name].remove(state)
                 if state is None:
                     state = ServerState(server)
                 else:
@@ -261,7 +266,8 @@ class Balancer:
 
     def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Per group, per server: active, served, failed (in all), recent failures (those that count
-        toward max_fails), health, down_until (clock time)."""
+        toward max_fails), health, down_until (clock time); servers a reload removed appear with
+        ``retired`` until their last connection ends."""
         now = self.clock.seconds()
         return {
             group: {
@@ -275,8 +281,9 @@ class Balancer:
                     "down_until": s.down_until if s.down_until > now else None,
                     "backup": s.server.backup,
                     "weight": s.server.weight,
+                    "retired": s.retired,
                 }
-                for key, s in states.items()
+                for key, s in [*states.items(), *((r.server.key, r) for r in self.retired.get(group, []))]
             }
             for group, states in self.states.items()
         }
