@@ -163,6 +163,14 @@ class ClosingUpstream(Protocol):
         self.transport.loseConnection()
 
 
+class PartialUpstream(Protocol):
+    """An upstream that sends the start of an answer to the handshake, then closes."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgr")
+        self.transport.loseConnection()
+
+
 class Recorder:
     """Mixin recording an Autobahn peer's events."""
 
@@ -479,12 +487,30 @@ def test_handshake_timeout_is_a_server_failure(mode: str) -> None:
 
 @MODES
 def test_upstream_closing_during_handshake_is_a_server_failure(mode: str) -> None:
-    """An upstream that closes the connection instead of answering: 502, and a failure of that server."""
+    """An upstream that closes the connection instead of answering: a failure of that server, and
+    the handshake goes to the next one (a GET, nothing answered); with none left, 502."""
     h = Harness(mode)
     client = h.raw_client(handshake())
     h.accept_raw(ClosingUpstream())
+    assert servers_down(h) == 1 and h.attempts() == 2 and client.received == b""
+    h.accept_upstream()
+    assert status(client) == 101
+    h = Harness(mode)
+    client = h.raw_client(handshake())
+    h.accept_raw(ClosingUpstream())
+    h.accept_raw(ClosingUpstream())
     assert status(client) == 502
-    assert servers_down(h) == 1 and not h.gateway.live
+    assert servers_down(h) == 2 and h.attempts() == 2 and not h.gateway.live
+
+
+@MODES
+def test_upstream_closing_after_part_of_an_answer_is_not_retried(mode: str) -> None:
+    """An upstream that sent part of an answer, then closed: 502, no second attempt."""
+    h = Harness(mode)
+    client = h.raw_client(handshake())
+    h.accept_raw(PartialUpstream())
+    assert status(client) == 502
+    assert h.attempts() == 1 and not h.gateway.live
 
 
 @MODES

@@ -280,8 +280,10 @@ class Tunnel(Upgrade):
         if timer is not None and timer.active():
             timer.cancel()
         if side == "upstream" and self.client_transport is None:
+            up = self.up
             self.handshake_failed("closed during handshake",
-                                  BadGateway("upstream closed during the WebSocket handshake"))
+                                  BadGateway("upstream closed during the WebSocket handshake"),
+                                  retryable=up is not None and not up.head and not up.open)
             return
         if side == "client":
             if self.up is not None and self.up.transport is not None:
@@ -290,6 +292,10 @@ class Tunnel(Upgrade):
             self.close_side("client", self.client_transport)
         if {"client", "upstream"} <= self.lost or (side == "client" and self.up is None):
             self.end()
+
+    def forget_upstream(self) -> None:
+        self.up = None
+        self.lost.discard("upstream")
 
     def abort_upstream(self) -> None:
         if self.connecting is not None and not self.connecting.called:

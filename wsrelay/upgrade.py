@@ -227,14 +227,27 @@ class Upgrade:
                  route=self.route.name, upstream=self.upstream.name, server=self.tried[-1], detail=detail)
         self.refuse(error)
 
-    def handshake_failed(self, cause: str, error: ProxyError) -> None:
+    def handshake_failed(self, cause: str, error: ProxyError, retryable: bool = False) -> None:
         """The upstream gave no answer (timeout, connection closed) or a broken one: a failure for
-        passive health (``cause``), then ``error`` to the client."""
+        passive health (``cause``), then ``error`` to the client.  ``retryable``: the upstream
+        closed the connection without a byte of answer, so the handshake (a GET) is tried on
+        another server, within ``retries`` and ``retry_timeout``, as for a refused connection."""
         if self.answered:
             return
         if self.lease is not None:
             self.lease.failure(cause)
+        if (retryable and self.lease is not None and len(self.tried) <= self.route.retries
+                and self.reactor.seconds() < self.deadline):
+            self.lease.release()
+            self.lease = None
+            self.forget_upstream()
+            self.connect(retry_of=error)
+            return
         self.refuse(error)
+
+    def forget_upstream(self) -> None:
+        """Before a retry: drop what is left of the failed upstream connection."""
+        raise NotImplementedError
 
     def handshake_timed_out(self) -> None:
         self.timer = None

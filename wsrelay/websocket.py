@@ -347,6 +347,11 @@ class UpstreamLeg(_Leg, WebSocketClientProtocol):
 
     side = UPSTREAM
     _handshake_sent = False
+    answered_any = False  # a byte came from the upstream: its handshake is not retried elsewhere
+
+    def dataReceived(self, data: bytes) -> None:
+        self.answered_any = True
+        super().dataReceived(data)
 
     def onConnecting(self, transport_details: Any) -> ConnectingRequest:
         assert self.pair is not None
@@ -421,6 +426,11 @@ class _Pair(Upgrade):
         self.closed_legs: set[str] = set()
 
     # -- handshake -------------------------------------------------------------------------
+
+    def forget_upstream(self) -> None:
+        self.upstream_leg = None
+        self.upstream_response = None
+        self.closed_legs.discard(UPSTREAM)
 
     def upstream_factory(self) -> _UpstreamFactory:
         return _UpstreamFactory(self.gw.client_factory(self.route, self.upstream), self)
@@ -566,8 +576,10 @@ class _Pair(Upgrade):
         if side == UPSTREAM and self.client_leg is None:
             # Before the client's 101: the upstream went away during or right after its handshake.
             self.upstream_leg = None
+            leg.pair = None  # nothing more from that connection, whatever comes next
             self.handshake_failed("closed during handshake",
-                                  BadGateway(f"upstream closed during the handshake: {reason}"))
+                                  BadGateway(f"upstream closed during the handshake: {reason}"),
+                                  retryable=not getattr(leg, "answered_any", False))
             return
         if not clean:
             log.info("route {route}: {side} connection lost ({reason})", route=self.route.name, side=side,
