@@ -26,6 +26,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,12 @@ def reports(outdir: Path) -> list[dict[str, Any]]:
     return [json.loads(f.read_text()) for f in sorted(outdir.glob("*_case_*.json"))]
 
 
+def failing(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in results if r["behavior"] in BAD_BEHAVIOR or r["behaviorClose"] in BAD_CLOSE]
+
+
 def judge(results: list[dict[str, Any]], mode: str) -> None:
-    failed = [f"{r['id']}: {r['behavior']}/{r['behaviorClose']} {r['result']}" for r in results
-              if r["behavior"] in BAD_BEHAVIOR or r["behaviorClose"] in BAD_CLOSE]
+    failed = [f"{r['id']}: {r['behavior']}/{r['behaviorClose']} {r['result']}" for r in failing(results)]
     assert not failed, f"{len(failed)} Autobahn cases failed in {mode} mode:\n" + "\n".join(failed[:40])
     notable = {r["id"] for r in results if r["behavior"] != "OK" or r["behaviorClose"] != "OK"}
     undocumented = notable - documented().get(mode, set())
@@ -89,10 +93,11 @@ def judge(results: list[dict[str, Any]], mode: str) -> None:
 # kosoku runs in processes of its own: it imports the Autobahn case files through a shim of
 # Autobahn that must not meet the real Autobahn already imported by this test process.
 
-async def run_client(address: str, outdir: Path) -> list[dict[str, Any]]:
+async def run_client(address: str, outdir: Path, selection: list[str] = SELECTION,
+                     parallel: int = CONCURRENCY) -> list[dict[str, Any]]:
     """kosoku in fuzzingclient mode against ``address`` (host:port/path)."""
     proc = await asyncio.create_subprocess_exec(
-        KOSOKU, "-m", "fuzzingclient", address, "-o", str(outdir), "-p", str(CONCURRENCY), *SELECTION,
+        KOSOKU, "-m", "fuzzingclient", address, "-o", str(outdir), "-p", str(parallel), *selection,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     results = reports(outdir)
@@ -100,10 +105,11 @@ async def run_client(address: str, outdir: Path) -> list[dict[str, Any]]:
     return results
 
 
-async def run_server_mode(start_relay: Callable[..., RelayProcess], outdir: Path) -> list[dict[str, Any]]:
+async def run_server_mode(start_relay: Callable[..., RelayProcess], outdir: Path,
+                          selection: list[str] = SELECTION, parallel: int = CONCURRENCY) -> list[dict[str, Any]]:
     """kosoku's fuzzingserver as wsrelay's upstream, driven by an echoing client in front."""
     server = await asyncio.create_subprocess_exec(
-        KOSOKU, "-m", "fuzzingserver", "127.0.0.1:0", "-o", str(outdir), *SELECTION,
+        KOSOKU, "-m", "fuzzingserver", "127.0.0.1:0", "-o", str(outdir), *selection,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     testee = None
     try:
@@ -114,7 +120,7 @@ async def run_server_mode(start_relay: Callable[..., RelayProcess], outdir: Path
         relay = start_relay(relay_config(int(m.group(1)), "ws_upstream_compression = on\n"), name="server.ini")
         testee = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.autobahn_testee", f"ws://127.0.0.1:{relay.port}", "wsrelay",
-            str(CONCURRENCY),
+            str(parallel),
             cwd=str(ROOT), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         _, err = await testee.communicate()
         assert testee.returncode == 0, err.decode(errors="replace")[-2000:]
@@ -165,19 +171,32 @@ def test_autobahn_testsuite_relay_tunnel_and_client_side(echo_upstream: int, tmp
     """
     relay = start_relay(relay_config(echo_upstream))
     runs = {
-        "relay": lambda: run_client(f"127.0.0.1:{relay.port}/", tmp_path / "relay"),
-        "tunnel": lambda: run_client(f"127.0.0.1:{relay.port}/tunnel", tmp_path / "tunnel"),
-        "server": lambda: run_server_mode(start_relay, tmp_path / "server"),
+        "relay": lambda out, *more: run_client(f"127.0.0.1:{relay.port}/", out, *more),
+        "tunnel": lambda out, *more: run_client(f"127.0.0.1:{relay.port}/tunnel", out, *more),
+        "server": lambda out, *more: run_server_mode(start_relay, out, *more),
     }
     modes = [mode for mode in runs if mode in MODES]
 
     async def all_modes() -> list[list[dict[str, Any]]]:
         if FULL:
-            return [await asyncio.wait_for(runs[mode](), timeout=BOUND) for mode in modes]
-        return await asyncio.wait_for(asyncio.gather(*(runs[mode]() for mode in modes)), timeout=BOUND)
+            return [await asyncio.wait_for(runs[mode](tmp_path / mode), timeout=BOUND) for mode in modes]
+        return await asyncio.wait_for(asyncio.gather(*(runs[mode](tmp_path / mode) for mode in modes)),
+                                      timeout=BOUND)
+
+    async def alone(mode: str, ids: list[str]) -> list[dict[str, Any]]:
+        selection = [arg for case in ids for arg in ("-i", case)]
+        return await asyncio.wait_for(runs[mode](tmp_path / f"{mode}-alone", selection, 1), timeout=600)
 
     errors = []
     for results, mode in zip(asyncio.run(all_modes()), modes):
+        # Cases are timed (kosoku gives up on a case after a deadline, and some close a connection
+        # half a second after their last message): one that fails while the two cores run every
+        # mode at once runs again alone, and must pass then.  Each such case is reported.
+        again = sorted({r["id"] for r in failing(results)})
+        if again and len(again) <= 10:
+            warnings.warn(f"Autobahn {mode} mode: {', '.join(again)} failed under load, run again alone")
+            rerun = asyncio.run(alone(mode, again))
+            results = [r for r in results if r["id"] not in again] + rerun
         try:
             judge(results, mode)
         except AssertionError as e:
