@@ -659,7 +659,7 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
         "git": cmd_out(["git", "-C", REPO, "rev-parse", "--short", "HEAD"]),
         "versions": versions,
         "loadavg_start": read_text("/proc/loadavg").split()[:3],
-        "args": {k: v for k, v in vars(args).items()},
+        "args": {k: _repo_relative(v) for k, v in vars(args).items()},
     }
 
 
@@ -712,6 +712,13 @@ def raise_nofile() -> int:
         except (ValueError, OSError):
             continue
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _repo_relative(value: Any) -> Any:
+    """A path inside the repository as a path relative to it (results name no machine's paths)."""
+    if isinstance(value, str) and os.path.isabs(value) and value.startswith(REPO + os.sep):
+        return os.path.relpath(value, REPO)
+    return value
 
 
 def main(argv: list[str]) -> int:

@@ -31,7 +31,6 @@ process.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,6 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wsrelay import values as V
 from wsrelay.config import Certificate, Config, ConfigError, Server, ServerTLS, Upstream
 
 GROUPS = b"X25519:P-256:P-384"
@@ -275,7 +275,7 @@ class _Unverified:
 
     def __init__(self, hostname: str) -> None:
         self._options = tssl.CertificateOptions(verify=False, acceptableProtocols=[b"http/1.1"])
-        self._sni = None if _is_address(hostname) else hostname.encode("idna")
+        self._sni = None if V.is_ip(hostname) else hostname.encode("idna")
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection = SSL.Connection(self._options.getContext(), None)
@@ -284,13 +284,6 @@ class _Unverified:
             connection.set_tlsext_host_name(self._sni)
         return connection
 
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 class UpstreamTLS:
