@@ -19,11 +19,21 @@ import time
 from typing import IO
 
 
+#: As nginx's log escaping: '"', '\\', control bytes and bytes past ASCII as \xHH, so a logged
+#: field can neither end its quotes nor forge a line or a terminal escape sequence.
+_ESCAPES = {c: f"\\x{c:02X}" for c in (*range(0x20), *range(0x7F, 0x100), ord('"'), ord("\\"))}
+
+
+def escape(value: bytes | str) -> str:
+    """``value`` safe to write in a log line (see ``_ESCAPES``)."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return text.translate(_ESCAPES)
+
+
 def _quote(value: bytes | str | None) -> str:
     if value is None or value == b"" or value == "":
         return "-"
-    text = value.decode("latin-1") if isinstance(value, bytes) else value
-    return text.replace("\\", "\\\\").replace('"', '\\"').encode("ascii", "backslashreplace").decode("ascii")
+    return escape(value)
 
 
 def format_line(

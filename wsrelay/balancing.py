@@ -45,11 +45,15 @@ from typing import Any
 import attrs
 
 from wsrelay.config import Server, Upstream
-from wsrelay.errors import ServiceUnavailable
+from wsrelay.errors import BadGateway, ServiceUnavailable
 
 
 class NoServerAvailable(ServiceUnavailable):
     """Every server of a group is down, excluded or at max_conns."""
+
+
+class GroupRemoved(BadGateway):
+    """A reload removed the group while an exchange of it was under way (a retry, say)."""
 
 
 def server_id(server: Server) -> str:
@@ -190,7 +194,9 @@ class Balancer:
     def acquire(self, group: str, *, client_ip: str, headers: Sequence[tuple[bytes, bytes]] = (),
                 exclude: Collection[str] = ()) -> Lease:
         """Pick a server of ``group`` for one exchange; raise NoServerAvailable if none can take it."""
-        upstream = self.upstreams[group]
+        upstream = self.upstreams.get(group)
+        if upstream is None:
+            raise GroupRemoved(f"upstream {group} was removed by a reload")
         states = self.states[group]
         now = self.clock.seconds()
         candidates = [s for s in states.values() if s.server.key not in exclude and self._available(s, now)]

@@ -140,6 +140,8 @@ class Route:
     retry_timeout: float  # time budget for all attempts
     redirect: int | None  # 301 / 308: answer with a redirect to https instead of proxying
     websocket: WebSocketOptions
+    forwarded: bool = True  # send wsrelay's own RFC 7239 Forwarded (the client's is never passed)
+    pass_headers: frozenset[bytes] = frozenset()  # lower-case names of headers.SPOOFABLE let through
 
 
 @attrs.frozen
@@ -322,6 +324,8 @@ def _route_keys(base: str) -> dict[str, _Key]:
         "retries": (V.int_range(0, 10), "1"),
         "retry_timeout": (V.parse_duration, "10s"),
         "redirect": (V.redirect, "off"),
+        "forwarded": (V.parse_bool, "on"),
+        "pass_headers": (V.pass_headers, ""),
         "websocket": (V.parse_bool, "on"),
         "ws_mode": (V.choice("relay", "tunnel"), "relay"),
         "ws_ping_interval": (V.parse_optional_duration, "30s"),
@@ -566,6 +570,7 @@ class _Builder:
             host_header=v["host_header"], max_body_size=v["max_body_size"], connect_timeout=v["connect_timeout"],
             read_timeout=v["read_timeout"], send_timeout=v["send_timeout"], retries=v["retries"],
             retry_timeout=v["retry_timeout"], redirect=v["redirect"], websocket=ws,
+            forwarded=v["forwarded"], pass_headers=v["pass_headers"] or frozenset(),
         )
 
 

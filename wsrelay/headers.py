@@ -12,7 +12,7 @@ names, plus the well-known ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trail
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 Header = tuple[bytes, bytes]
 
@@ -23,7 +23,19 @@ HOP_BY_HOP = frozenset(
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 #: Set by wsrelay itself toward the upstream; any copy from the client is replaced (or appended to).
-FORWARDED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"})
+FORWARDED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip",
+                               b"forwarded"})
+
+#: Fields a client could use to tell the upstream something only a proxy in front of it may say
+#: (its port, prefix, scheme, the "original" URL, a proxy to use: httpoxy); dropped unless a route
+#: names them in ``pass_headers``.
+SPOOFABLE = frozenset({
+    b"x-forwarded-port", b"x-forwarded-prefix", b"x-forwarded-server", b"x-forwarded-ssl",
+    b"x-forwarded-scheme", b"x-url-scheme", b"front-end-https", b"x-original-url", b"x-original-uri",
+    b"x-rewrite-url", b"proxy", b"proxy-authorization",
+})
+
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def flatten(raw: Iterable[tuple[bytes, Sequence[bytes]]]) -> list[Header]:
@@ -61,6 +73,21 @@ def bad_value(value: bytes) -> bool:
     return b"\r" in value or b"\n" in value or b"\0" in value
 
 
+def is_token(value: bytes) -> bool:
+    """RFC 9110 section 5.6.2: a method or field name."""
+    return _TOKEN.fullmatch(value) is not None
+
+
+def bad_field(name: bytes, value: bytes) -> str | None:
+    """Why a request field cannot be forwarded, or None: its name must be a token and its value
+    free of control bytes but HTAB (RFC 9110 section 5.1 and 5.5)."""
+    if not _TOKEN.fullmatch(name):
+        return f"invalid header name {name[:40]!r}"
+    if _CTL.search(value):
+        return f"header {name[:40]!r} holds a control byte"
+    return None
+
+
 def parse_head(head: bytes) -> tuple[bytes, list[Header]]:
     """An HTTP message head's first line and its fields, in wire order.
 
@@ -87,11 +114,13 @@ def strip_hop_by_hop(headers: Iterable[Header], extra: Iterable[bytes] = ()) -> 
 def request_to_upstream(
     headers: Sequence[Header],
     *,
-    client_ip: str,
+    client_ip: str | None,
     scheme: str,
     host_header: str | None,
     upstream_hostport: str,
     drop: Iterable[bytes] = (),
+    forwarded: bool = True,
+    passed: Collection[bytes] = (),
 ) -> list[Header]:
     """The header list wsrelay sends upstream for a client request.
 
@@ -101,26 +130,50 @@ def request_to_upstream(
     - ``X-Forwarded-For``: the client's address appended to any value received (nginx
       ``$proxy_add_x_forwarded_for``);
     - ``X-Forwarded-Proto`` (``http`` or ``https``), ``X-Forwarded-Host`` (the client's Host) and
-      ``X-Real-IP`` are set by wsrelay, replacing whatever the client sent.
+      ``X-Real-IP`` are set by wsrelay, replacing whatever the client sent;
+    - ``Forwarded`` (RFC 7239): wsrelay's own (``for``, ``host``, ``proto``) when ``forwarded``,
+      else none; never the client's;
+    - the :data:`SPOOFABLE` fields are dropped, but for those named (lower-case) in ``passed``;
+    - ``client_ip`` None (a ``unix:`` listener): no address is invented, so no ``X-Real-IP``,
+      no ``for=``, and ``X-Forwarded-For`` passes on as received;
     - ``drop``: further names to leave out (the WebSocket layer drops its own handshake fields).
     """
     client_host = next(iter(get(headers, b"host")), None)
     prior_xff = b", ".join(v.strip() for v in get(headers, b"x-forwarded-for") if v.strip())
-    out = strip_hop_by_hop(headers, extra={b"host", b"content-length", *FORWARDED_HEADERS, *drop})
+    out = strip_hop_by_hop(headers, extra={b"host", b"content-length", *FORWARDED_HEADERS, *drop,
+                                           *(SPOOFABLE - set(passed))})
     if host_header is None:
         host = client_host if client_host is not None else upstream_hostport.encode("ascii")
     elif host_header == "$upstream":
         host = upstream_hostport.encode("ascii")
     else:
         host = host_header.encode("ascii")
-    ip = client_ip.encode("ascii")
+    ip = client_ip.encode("ascii") if client_ip is not None else None
     out.insert(0, (b"Host", host))
-    out.append((b"X-Forwarded-For", prior_xff + b", " + ip if prior_xff else ip))
+    xff = b", ".join(v for v in (prior_xff, ip) if v)
+    if xff:
+        out.append((b"X-Forwarded-For", xff))
     out.append((b"X-Forwarded-Proto", scheme.encode("ascii")))
     if client_host is not None:
         out.append((b"X-Forwarded-Host", client_host))
-    out.append((b"X-Real-IP", ip))
+    if ip is not None:
+        out.append((b"X-Real-IP", ip))
+    if forwarded:
+        out.append((b"Forwarded", forwarded_value(client_ip, client_host, scheme)))
     return out
+
+
+def forwarded_value(client_ip: str | None, host: bytes | None, scheme: str) -> bytes:
+    """One RFC 7239 ``Forwarded`` element: ``for`` (an IPv6 address in brackets, quoted), ``host``
+    (quoted when it has a port) and ``proto``; parameters wsrelay does not know are left out."""
+    pairs = []
+    if client_ip is not None:
+        pairs.append(b'for="[%s]"' % client_ip.encode("ascii") if ":" in client_ip
+                     else b"for=" + client_ip.encode("ascii"))
+    if host is not None:
+        pairs.append(b'host="%s"' % host if _TOKEN.fullmatch(host) is None else b"host=" + host)
+    pairs.append(b"proto=" + scheme.encode("ascii"))
+    return b";".join(pairs)
 
 
 def response_to_client(headers: Iterable[Header]) -> list[Header]:

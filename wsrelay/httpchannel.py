@@ -28,6 +28,12 @@ from wsrelay.routing import normalize_host, normalize_path
 log = Logger()
 
 
+def client_ip(request: Any) -> str | None:
+    """The client's IP address, or None where there is none (a ``unix:`` listener): wsrelay never
+    invents one."""
+    return getattr(request.getClientAddress(), "host", None)
+
+
 class RelayHTTPChannel(http.HTTPChannel):
     """twisted.web's channel with wsrelay's limits and precise refusals."""
 
@@ -69,6 +75,12 @@ class RelayHTTPChannel(http.HTTPChannel):
         # values, malformed header lines or chunking): a 400 with a body, a log line, a close.
         request = self.requests[-1] if self.requests else None
         self.refuse(BadRequest("malformed request (framing or header syntax)"), request)
+
+    def allContentReceived(self) -> None:
+        # A request refused while its body streamed in (413 on a chunk) may still see its last
+        # chunk in the same read: it was answered, so it is never dispatched.
+        if not self.refused:
+            super().allContentReceived()
 
     def _send100Continue(self) -> None:
         if not self.refused:
@@ -170,7 +182,10 @@ class RelayRequest(server.Request):
     def log_refusal(self, status: int, sent: int) -> None:
         """Log a request refused before it was complete (its method and target come from the channel)."""
         channel = self.channel
-        self._log_line(status, sent, method=channel._command or b"-", target=channel._path or b"-",
+        # Refused on its request line (twisted.web made the request, but parsed nothing yet): no
+        # method or target; a line all the same.
+        self._log_line(status, sent, method=getattr(channel, "_command", None) or b"-",
+                       target=getattr(channel, "_path", None) or b"-",
                        protocol=getattr(channel, "_version", None) or b"HTTP/1.1")
 
     def finish(self) -> Any:

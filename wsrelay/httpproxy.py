@@ -29,8 +29,16 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client
-from twisted.web._newclient import HTTP11ClientProtocol, ResponseFailed, ResponseNeverReceived
-from twisted.web.client import FileBodyProducer, HTTPConnectionPool, ResponseDone, URI
+from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.web.client import (
+    URI,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
@@ -38,10 +46,12 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from wsrelay import headers as H
+from wsrelay.accesslog import escape
 from wsrelay.answers import answer_error
 from wsrelay.config import Route, Server, Upstream
 from wsrelay.connect import upstream_endpoint
 from wsrelay.errors import BadGateway, GatewayTimeout, PayloadTooLarge, ProxyError
+from wsrelay.httpchannel import client_ip
 
 log = Logger()
 
@@ -50,6 +60,12 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"
 
 #: Fields twisted.web adds to every response that must come from the upstream or not at all.
 _DEFAULT_FIELDS = (b"server", b"date", b"content-type")
+
+#: What the upstream (or the network to it) did.  Only these count against a server; any other
+#: failure is wsrelay's own (a 500 that touches neither health nor the pool).
+_UPSTREAM_FAULTS = (neterror.ConnectError, neterror.DNSLookupError, neterror.TimeoutError,
+                    neterror.ConnectingCancelledError, neterror.ConnectionLost, ConnectionDone,
+                    ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed, CancelledError)
 
 
 class _UpstreamAgent(client._AgentBase):
@@ -204,7 +220,7 @@ class _Exchange:
         self.upstream = upstream
         self.scheme = scheme
         self.raw = H.flatten(request.requestHeaders.getAllRawHeaders())
-        self.client_ip = getattr(request.getClientAddress(), "host", "127.0.0.1")
+        self.client_ip = client_ip(request)
         self.tried: list[str] = []
         self.lease: Any = None
         self.pending: Deferred[IResponse] | None = None
@@ -217,6 +233,7 @@ class _Exchange:
         self.has_body = False
         self.deadline = self.reactor.seconds() + route.retry_timeout
         self.done = False
+        self.broken = False  # an internal error ended it
         self.body_size = _spooled_size(request)
 
     # -- start and attempts ----------------------------------------------------------------
@@ -241,6 +258,13 @@ class _Exchange:
                 self.describe_failure(error.detail)
             self.answer(error)
             return
+        try:
+            self.send(retry_of)
+        except Exception:
+            self.internal_error(Failure())
+
+    def send(self, retry_of: tuple[ProxyError, str] | None) -> None:
+        """Send the request to the server of ``self.lease``."""
         server = self.lease.server
         if retry_of is not None:
             log.info("route {route}: {failed} failed ({cause}); retrying on {server}",
@@ -248,7 +272,8 @@ class _Exchange:
         self.tried.append(server.key)
         self.request.wsrelay_upstream = server.hostport  # type: ignore[attr-defined]
         out = H.request_to_upstream(self.raw, client_ip=self.client_ip, scheme=self.scheme,
-                                    host_header=self.route.host_header, upstream_hostport=server.hostport)
+                                    host_header=self.route.host_header, upstream_hostport=server.hostport,
+                                    forwarded=self.route.forwarded, passed=self.route.pass_headers)
         headers = Headers()
         for name, value in out:
             headers.addRawHeader(name, value)
@@ -265,7 +290,7 @@ class _Exchange:
                                   self.request.uri, headers, body)
         if body is None and not self.connecting:  # a pooled connection: the request is on its way
             self.arm_timer("read")
-        self.pending.addCallbacks(self.response, self.failed)
+        self.pending.addCallbacks(self.response, self.failed).addErrback(self.internal_error)
 
     def connect_started(self) -> None:
         """The agent makes a new connection (bounded by connect_timeout): no read timer yet."""
@@ -311,7 +336,7 @@ class _Exchange:
         self.response_in = response
         self.disarm_timer()
         if self.done:
-            response.deliverBody(Protocol())  # the client left meanwhile: drop it
+            response.deliverBody(_Drop())  # the client left meanwhile
             return
         if response.code in self.upstream.fail_statuses:
             self.lease.failure(f"status {response.code}")
@@ -322,9 +347,8 @@ class _Exchange:
         for name in _DEFAULT_FIELDS:
             request.responseHeaders.removeHeader(name)
         conn = getattr(response, "wsrelay_conn_headers", None)
-        fields = H.flatten(conn.getAllRawHeaders()) if conn is not None else []
-        if response.code == 204 or response.code < 200:
-            fields = [(k, v) for k, v in fields if k.lower() != b"content-length"]
+        fields = _framing(response, H.flatten(conn.getAllRawHeaders()) if conn is not None else [],
+                          request.method)
         fields += H.flatten(response.headers.getAllRawHeaders())
         hsts = request.responseHeaders.hasHeader(b"strict-transport-security")  # the listener's hsts_max_age
         for name, value in H.response_to_client(fields):
@@ -365,9 +389,12 @@ class _Exchange:
     def failed(self, reason: Failure) -> None:
         self.pending = None
         self.disarm_timer()
-        if self.done:
+        if self.done or self.broken:
             return
         timeout, self.timeout_kind = self.timeout_kind, None
+        if not timeout and not reason.check(*_UPSTREAM_FAULTS):
+            self.internal_error(reason)
+            return
         connect_failure = reason.check(neterror.ConnectError, neterror.DNSLookupError,
                                        neterror.ConnectingCancelledError) is not None
         if timeout == "send":
@@ -406,6 +433,34 @@ class _Exchange:
         self.release()
         self.proxy.gateway.closed(self)
 
+    def internal_error(self, reason: Failure) -> None:
+        """A failure of wsrelay's own, not the upstream's: one log line, a 500 (or an aborted
+        response once its head was sent), the lease and the upstream connection given up, and
+        passive health untouched."""
+        log.error("route {route}: internal error handling {method} {target}: {error}",
+                  route=self.route.name, method=escape(self.request.method[:40]),
+                  target=escape(self.request.uri[:200]),
+                  error=f"{reason.type.__name__}: {reason.getErrorMessage()}")
+        if self.broken:
+            return
+        self.broken = True
+        self.disarm_timer()
+        self.release()  # first: nothing that follows may count against the server
+        self.request.wsrelay_upstream = None  # type: ignore[attr-defined]
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.cancel()  # failed() sees self.broken and leaves it alone
+        if self.response_in is not None and self.body_transport is None:
+            self.response_in.deliverBody(_Drop())
+        if self.body_transport is not None:
+            self.body_transport.stopProducing()
+        if self.done:
+            return
+        if self.request.startedWriting:
+            self.abort_client()
+        else:
+            self.answer(ProxyError(f"internal error: {reason.type.__name__}"))
+
     # -- endings ---------------------------------------------------------------------------
 
     def lease_failure(self, cause: str) -> None:
@@ -416,7 +471,7 @@ class _Exchange:
         server = self.tried[-1] if self.tried else "-"
         log.warn("route {route} upstream {upstream} server {server}: {detail} ({method} {target})",
                  route=self.route.name, upstream=self.upstream.name, server=server, detail=detail,
-                 method=self.request.method.decode("latin-1"), target=self.request.uri[:200].decode("latin-1"))
+                 method=escape(self.request.method[:40]), target=escape(self.request.uri[:200]))
 
     def answer(self, error: ProxyError) -> None:
         self.request.write(answer_error(self.request, error))
@@ -487,6 +542,39 @@ class HTTPProxy:
         for pool in self.pools.values():
             pool.closeCachedConnections()
         self.cooperator.stop()
+
+
+class _Drop(Protocol):
+    """Takes a response body nobody will read: the upstream connection is closed, not drained."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+def _framing(response: IResponse, conn: list[H.Header], method: bytes) -> list[H.Header]:
+    """The response's framing fields for the client (RFC 9112 section 6.3).
+
+    ``Transfer-Encoding`` is hop-by-hop: when the upstream sent it, the body was decoded by its
+    coding and twisted.web frames it anew, so the upstream's ``Content-Length`` (ambiguous beside
+    it) is dropped.  Otherwise one ``Content-Length``: the length Twisted's parser accepted
+    (``42, 42`` becomes ``42``; differing values fail the response before this), or for a HEAD or
+    304 answer, whose field speaks of a body not sent, the upstream's value if it is one number.
+    Other connection fields (``Connection`` and the fields it names) are kept for
+    ``headers.response_to_client`` to remove.
+    """
+    fields = [(k, v) for k, v in conn if k.lower() != b"content-length"]
+    lengths = [v for k, v in conn if k.lower() == b"content-length"]
+    if (not lengths or any(k.lower() == b"transfer-encoding" for k, _ in conn) or response.code == 204
+            or response.code < 200):
+        return fields
+    if method == b"HEAD" or response.code == 304:
+        values = {v.strip() for line in lengths for v in line.split(b",")}
+        if len(values) != 1 or not next(iter(values)).isdigit():
+            return fields
+        return fields + [(b"Content-Length", b"%d" % int(next(iter(values))))]
+    if not isinstance(response.length, int):
+        return fields
+    return fields + [(b"Content-Length", b"%d" % response.length)]
 
 
 def _spooled_size(request: Request) -> int:

@@ -8,49 +8,139 @@ Rules, most specific first (like nginx choosing a server block by name, then a l
    prefix; among prefixes the longest wins.  Prefixes are plain string prefixes, as in nginx.
 
 Paths are matched after normalisation (percent-decoding, dot-segments resolved, repeated slashes
-merged) so ``/chat/../admin`` cannot slip past a route; the request itself is forwarded byte for
-byte as the client sent it.
+merged, as nginx does) so ``/chat/../admin`` cannot slip past a route; the request itself is
+forwarded byte for byte as the client sent it.  That is only safe when every upstream reads the
+target the same way, so :func:`normalize_path` refuses (400) a target whose dot segments lead
+somewhere else for another common parser (see :data:`_READINGS`): the route and the upstream
+always see the same path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from urllib.parse import unquote_to_bytes
 
 from wsrelay.config import Route
 from wsrelay.errors import BadRequest
 
+#: A request target is visible ASCII (RFC 9112 section 3.2; RFC 3986 has no other characters).
+_VISIBLE = re.compile(rb"[\x21-\x7e]+")
+_BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_ENCODED_DOTS = {b".", b"%2e"}  # what WHATWG URL parsers take for a dot in a dot segment
+
 
 def normalize_path(raw: bytes) -> str:
     """The path of a request target for matching: decoded, dot-segments resolved, no query.
 
-    Raises :class:`BadRequest` for targets that are not origin-form or that climb above the root.
+    Raises :class:`BadRequest` for a target that is not origin-form visible ASCII, has a
+    fragment, climbs above the root, or whose path common parsers read differently.
     """
-    path = raw.split(b"?", 1)[0].split(b"#", 1)[0]
+    if not _VISIBLE.fullmatch(raw):
+        raise BadRequest(f"request target {raw[:80]!r} holds a space, control byte or non-ASCII byte")
+    path, _, _ = raw.partition(b"?")
     if not path.startswith(b"/"):
         raise BadRequest(f"request target {raw[:80]!r} is not an absolute path")
-    if b"%" not in path and b"/." not in path and b"//" not in path and b"\0" not in path:
-        return path.decode("latin-1")  # already normal (the common case): what _normalize returns
+    if b"#" in raw:
+        raise BadRequest("a request target has no fragment (RFC 9112 section 3.2)")
+    if b"%" not in path and b"/." not in path and b"//" not in path and b"\\" not in path:
+        return path.decode("ascii")  # already normal (the common case): what _normalize returns
     return _normalize(path)
 
 
 def _normalize(path: bytes) -> str:
+    """The routing reading of ``path`` (as nginx: decode, merge slashes, resolve dots), after
+    checking that every reading in :data:`_READINGS` leads to the same place."""
+    if not _VISIBLE.fullmatch(path):
+        raise BadRequest(f"request path {path[:80]!r} holds a space, control byte or non-ASCII byte")
+    if b"\\" in path:
+        raise BadRequest("backslash in request path (a separator to some servers, not to others)")
+    if _BAD_PERCENT.search(path):
+        raise BadRequest("malformed percent-encoding in request path")
     decoded = unquote_to_bytes(path)
     if b"\0" in decoded:
         raise BadRequest("request path contains a NUL byte")
-    segments: list[bytes] = []
-    for segment in decoded.split(b"/")[1:]:
-        if segment == b"..":
-            if not segments:
+    segments, trailing = _resolve(decoded.split(b"/")[1:], keep_empty=False, is_dot=_plain_dot, strict=True)
+    routed = _join(segments, trailing)
+    canonical = _canonical(routed)
+    for name, reading in _READINGS:
+        if _canonical(reading(path)) != canonical:
+            raise BadRequest(f"ambiguous request path {path[:80]!r}: {name} reads it differently")
+    return routed.decode("latin-1")
+
+
+def _plain_dot(segment: bytes) -> int:
+    """2 for a ``..`` segment, 1 for ``.``, 0 for any other."""
+    return 2 if segment == b".." else 1 if segment == b"." else 0
+
+
+def _whatwg_dot(segment: bytes) -> int:
+    lowered = segment.lower()
+    if lowered in _ENCODED_DOTS:
+        return 1
+    return 2 if any(lowered == a + b for a in _ENCODED_DOTS for b in _ENCODED_DOTS) else 0
+
+
+def _resolve(segments: Iterable[bytes], *, keep_empty: bool, is_dot: Callable[[bytes], int],
+             strict: bool = False) -> tuple[list[bytes], bool]:
+    """RFC 3986 section 5.2.4 over ``segments``; ``keep_empty``: ``//`` is an empty segment (RFC
+    3986, WHATWG) rather than merged (nginx, Tomcat); ``strict``: climbing above the root is an
+    error rather than ignored.  Returns the segments and whether the path ends with a slash."""
+    out: list[bytes] = []
+    trailing = False
+    for segment in segments:
+        dot = is_dot(segment)
+        trailing = dot > 0 or segment == b""
+        if dot == 2:
+            if out:
+                out.pop()
+            elif strict:
                 raise BadRequest("request path climbs above the root")
-            segments.pop()
-        elif segment not in (b".", b""):
-            segments.append(segment)
-    trailing = decoded.endswith(b"/") or decoded.endswith(b"/.") or decoded.endswith(b"/..")
-    text = "/" + "/".join(s.decode("latin-1") for s in segments)
-    if trailing and text != "/":
-        text += "/"
-    return text
+        elif dot == 0 and (segment or keep_empty):
+            out.append(segment)
+    return out, trailing
+
+
+def _join(segments: list[bytes], trailing: bool) -> bytes:
+    text = b"/" + b"/".join(segments)
+    return text + b"/" if trailing and text != b"/" else text
+
+
+def _canonical(path: bytes) -> bytes:
+    """What two readings are compared on: decoded, ``\\`` as ``/``, slashes merged."""
+    return re.sub(rb"/+", b"/", unquote_to_bytes(path).replace(b"\\", b"/"))
+
+
+def _rfc3986(path: bytes) -> bytes:
+    """Dots resolved before decoding, empty segments kept: ``%2F`` and ``%2E`` are data."""
+    return _join(*_resolve(path.split(b"/")[1:], keep_empty=True, is_dot=_plain_dot))
+
+
+def _whatwg(path: bytes) -> bytes:
+    """As a WHATWG URL parser (Node, browsers): ``%2e`` counts as a dot, empty segments kept."""
+    return _join(*_resolve(path.split(b"/")[1:], keep_empty=True, is_dot=_whatwg_dot))
+
+
+def _path_parameters(path: bytes) -> bytes:
+    """As Tomcat, Jetty and Spring: ``;parameters`` dropped from each segment before dots (an
+    encoded ``%3B`` counted too, for servers that decode first)."""
+    segments = [unquote_to_bytes(s).split(b";", 1)[0] for s in path.split(b"/")[1:]]
+    return _join(*_resolve(segments, keep_empty=False, is_dot=_plain_dot))
+
+
+def _backslash_separator(path: bytes) -> bytes:
+    """As servers that take a (decoded) backslash for a separator (IIS, some Windows stacks)."""
+    decoded = unquote_to_bytes(path).replace(b"\\", b"/")
+    return _join(*_resolve(decoded.split(b"/")[1:], keep_empty=False, is_dot=_plain_dot))
+
+
+#: Other ways upstreams read a path; a target is refused unless each leads where routing does.
+_READINGS: tuple[tuple[str, Callable[[bytes], bytes]], ...] = (
+    ("an RFC 3986 parser (dots before decoding, empty segments kept)", _rfc3986),
+    ("a WHATWG URL parser", _whatwg),
+    ("a server that drops ;parameters (Tomcat, Jetty, Spring)", _path_parameters),
+    ("a server that takes \\ for /", _backslash_separator),
+)
 
 
 def normalize_host(host: bytes | str | None) -> str | None:

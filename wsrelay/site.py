@@ -1,7 +1,9 @@
 """The twisted.web site of a listener: request validation, routing and dispatch.
 
-A request passes, in order: the listener's https redirect (if any), request-level checks (one
-``Host`` on HTTP/1.1, no CR/LF/NUL in header values), route lookup (404), the route's redirect (if
+A request passes, in order: request-level checks (a token method; an origin-form target of
+visible ASCII whose path every common parser reads alike, ``routing.normalize_path``; token field
+names and values free of control bytes; one valid ``Host`` on HTTP/1.1), the listener's https
+redirect (if any), route lookup (404), the route's redirect (if
 any), then goes to the WebSocket gateway (an upgrade request) or the HTTP proxy (anything else).
 Every refusal is a :class:`wsrelay.errors.ProxyError` answered by :func:`answer_error`, so no
 upstream ever sees a request wsrelay rejects.
@@ -16,19 +18,19 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from wsrelay import headers as H
+from wsrelay.accesslog import escape
 from wsrelay.answers import answer_error, answer_redirect
 from wsrelay.config import Listener
 from wsrelay.errors import BadRequest, NotFound, ProxyError
 from wsrelay.gateway import Gateway
-from wsrelay.httpchannel import RelayHTTPChannel, RelayRequest
+from wsrelay.httpchannel import RelayHTTPChannel, RelayRequest, client_ip
 from wsrelay.routing import normalize_host, normalize_path
 
 _VALID_HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._\-]+)(:\d{1,5})?$")
 
 
 def client_address(request: Request) -> str:
-    peer = request.getClientAddress()
-    return getattr(peer, "host", None) or "unix"
+    return client_ip(request) or "unix"
 
 
 class RelayResource(Resource):
@@ -49,14 +51,22 @@ class RelayResource(Resource):
         except ProxyError as e:
             self.log.info(
                 "{client} {method} {target}: {status} ({detail})",
-                client=client_address(request), method=request.method.decode("latin-1"),
-                target=request.uri[:200].decode("latin-1"), status=e.status, detail=e.detail,
+                client=client_address(request), method=escape(request.method[:40]),
+                target=escape(request.uri[:200]), status=e.status, detail=e.detail,
             )
             request.wsrelay_upstream = None  # type: ignore[attr-defined]
             return answer_error(request, e, close=e.status == 400)
 
     def _dispatch(self, request: Request) -> bytes | int:
+        # Everything wsrelay could not forward as it is refused here, before any route or server.
+        if not H.is_token(request.method):
+            raise BadRequest(f"invalid method {request.method[:40]!r}")
+        path = normalize_path(request.uri)  # origin-form, visible ASCII, unambiguous (routing.py)
         raw = H.flatten(request.requestHeaders.getAllRawHeaders())
+        for name, value in raw:
+            problem = H.bad_field(name, value)
+            if problem is not None:
+                raise BadRequest(problem)
         hosts = H.get(raw, b"host")
         if len(hosts) > 1:
             raise BadRequest("more than one Host header")
@@ -65,9 +75,6 @@ class RelayResource(Resource):
         host = hosts[0] if hosts else None
         if host is not None and not _VALID_HOST.match(host):
             raise BadRequest(f"invalid Host header {host[:100]!r}")
-        for name, value in raw:
-            if H.bad_value(value) or H.bad_value(name):
-                raise BadRequest(f"header {name[:40]!r} holds CR, LF or NUL")
         tls = self.listener.tls
         if tls is not None and tls.hsts_max_age:
             request.responseHeaders.setRawHeaders(
@@ -76,7 +83,6 @@ class RelayResource(Resource):
         if self.listener.redirect is not None:
             return self._redirect(request, host, self.listener.redirect)
         runtime = self.gateway.runtime
-        path = normalize_path(request.uri)
         route = runtime.router.match(normalize_host(host), path)
         if route is None:
             raise NotFound(f"no route for host {host!r} path {path!r}")
@@ -96,6 +102,7 @@ class RelayResource(Resource):
         name = host.rsplit(b":", 1)[0] if not host.endswith(b"]") else host
         port = self.listener.redirect_port
         authority = name if port in (None, 443) else name + b":%d" % port
+        # request.uri passed normalize_path: origin-form ("/..."), so it cannot change the authority.
         return answer_redirect(request, status, b"https://" + authority + request.uri)
 
 
@@ -106,7 +113,9 @@ class RelaySite(Site):
     requestFactory = RelayRequest
 
     def __init__(self, gateway: Gateway, listener: Listener) -> None:
-        super().__init__(RelayResource(gateway, listener))
+        # Never parse what we only forward: twisted.web would otherwise read a whole form or
+        # multipart body into request.args, on the reactor, before render.
+        super().__init__(RelayResource(gateway, listener), parsePOSTFormSubmission=False)
         self.gateway = gateway
         self.listener = listener
         self.displayTracebacks = False

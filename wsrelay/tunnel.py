@@ -188,9 +188,11 @@ class Tunnel(Upgrade):
             up.transport.abortConnection()
             return
         self.up = up
-        server = self.lease.server
-        out = H.request_to_upstream(self.raw, client_ip=self.client_ip, scheme=self.scheme,
-                                    host_header=self.route.host_header, upstream_hostport=server.hostport)
+        try:
+            out = self.upstream_headers()
+        except Exception:  # wsrelay's fault, not the upstream's: a 500, health untouched
+            self.internal_error(Failure())
+            return
         lines = [self.request.method + b" " + self.request.uri + b" HTTP/1.1"]
         lines += [name + b": " + value for name, value in out]
         lines += [b"Upgrade: websocket", b"Connection: Upgrade"]

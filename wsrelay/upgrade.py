@@ -39,6 +39,7 @@ from wsrelay.answers import answer_error
 from wsrelay.config import Route, Upstream
 from wsrelay.connect import upstream_endpoint
 from wsrelay.errors import BadGateway, GatewayTimeout, ProxyError, ServiceUnavailable
+from wsrelay.httpchannel import client_ip
 
 log = Logger()
 
@@ -53,6 +54,12 @@ REFUSAL_BODY_MAX = 65536
 #: frames the body itself) and fields twisted.web sets.  ``Sec-WebSocket-*`` belong to the
 #: upstream hop too.
 _NOT_PASSED = frozenset({b"content-length", b"date", b"server"})
+
+
+#: How connecting to an upstream fails when the upstream (or the way to it) is at fault; any other
+#: failure is wsrelay's own.
+UPSTREAM_CONNECT_FAULTS = (neterror.ConnectError, neterror.DNSLookupError, neterror.TimeoutError,
+                           neterror.ConnectionLost, neterror.ConnectionDone)
 
 
 def reason_text(reason: Failure | BaseException | str) -> str:
@@ -138,7 +145,7 @@ class Upgrade:
         self.upstream = upstream
         self.scheme = scheme
         self.raw = raw
-        self.client_ip = getattr(request.getClientAddress(), "host", "127.0.0.1")
+        self.client_ip = client_ip(request)
         self.tried: list[str] = []
         self.lease: Any = None
         self.connecting: Any = None
@@ -169,6 +176,13 @@ class Upgrade:
         """Bytes sent to the client, for the access log."""
         raise NotImplementedError
 
+    def upstream_headers(self, drop: frozenset[bytes] = frozenset()) -> list[H.Header]:
+        """The client's header lines as the upstream gets them (``headers.request_to_upstream``)."""
+        route = self.route
+        return H.request_to_upstream(self.raw, client_ip=self.client_ip, scheme=self.scheme,
+                                     host_header=route.host_header, upstream_hostport=self.lease.server.hostport,
+                                     drop=drop, forwarded=route.forwarded, passed=route.pass_headers)
+
     # -- the upstream connection ------------------------------------------------------------
 
     def start(self) -> None:
@@ -191,13 +205,30 @@ class Upgrade:
                      failed=self.tried[-1], detail=retry_of.detail, server=server.key)
         self.tried.append(server.key)
         self.request.wsrelay_upstream = server.hostport  # type: ignore[attr-defined]
-        endpoint = upstream_endpoint(self.reactor, self.upstream, server, self.route.connect_timeout)
-        self.connecting = endpoint.connect(self.upstream_factory())
+        try:
+            endpoint = upstream_endpoint(self.reactor, self.upstream, server, self.route.connect_timeout)
+            self.connecting = endpoint.connect(self.upstream_factory())
+        except Exception:
+            self.internal_error(Failure())
+            return
         self.connecting.addErrback(self.connect_failed)
+
+    def internal_error(self, reason: Failure) -> None:
+        """A failure of wsrelay's own, not the upstream's: one log line, a 500, the lease given
+        up without a word to passive health."""
+        log.error("route {route}: internal error in a {kind} handshake: {error}", route=self.route.name,
+                  kind=self.kind, error=f"{reason.type.__name__}: {reason.getErrorMessage()}")
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+        self.refuse(ProxyError(f"internal error: {reason.type.__name__}"))
 
     def connect_failed(self, reason: Failure) -> None:
         self.connecting = None
         if self.answered or reason.check(defer.CancelledError):
+            return
+        if not reason.check(*UPSTREAM_CONNECT_FAULTS):
+            self.internal_error(reason)
             return
         timeout = reason.check(neterror.TimeoutError) is not None
         self.lease.failure("connect timeout" if timeout else "connect error")
@@ -365,7 +396,7 @@ class Upgrade:
         if self.taken_over and self.gw.gateway.access_log.enabled:
             request = self.request
             self.gw.gateway.access_log.write(format_line(
-                client=self.client_ip, when=time.time(), method=request.method, target=request.uri,
+                client=self.client_ip or "unix", when=time.time(), method=request.method, target=request.uri,
                 protocol=request.clientproto, status=101, sent=self.sent_to_client(),
                 referer=request.getHeader(b"referer"), user_agent=request.getHeader(b"user-agent"),
                 upstream=self.lease.server.hostport if self.lease is not None else None,

@@ -11,6 +11,8 @@ import os
 import re
 from collections.abc import Callable
 
+from wsrelay.headers import SPOOFABLE
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
@@ -91,6 +93,16 @@ def redirect(text: str) -> int | None:
 
 def words(text: str) -> tuple[str, ...]:
     return tuple(text.replace(",", " ").split())
+
+
+def pass_headers(text: str) -> frozenset[bytes]:
+    """Names of the fields wsrelay drops as spoofable (``headers.SPOOFABLE``) that a route passes."""
+    names = frozenset(w.lower().encode("ascii", "replace") for w in words(text))
+    unknown = sorted(n.decode() for n in names - SPOOFABLE)
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: only these are dropped, so only these can be passed: "
+                         + ", ".join(sorted(n.decode() for n in SPOOFABLE)))
+    return names
 
 
 def host_for_url(host: str) -> str:

@@ -366,7 +366,11 @@ class UpstreamLeg(_Leg, WebSocketClientProtocol):
             # Autobahn's handshake bytes: keep its own WebSocket lines, put the client's target,
             # our Host and the client's header lines (repeated lines intact) in place of the rest.
             self._handshake_sent = True
-            data = self.pair.rewrite_handshake(data)
+            try:
+                data = self.pair.rewrite_handshake(data)
+            except Exception:  # wsrelay's fault, not the upstream's: a 500, health untouched
+                self.pair.internal_error(Failure())
+                return
         super().sendData(data, sync, chopsize)
 
     def onConnect(self, response: Any) -> None:
@@ -442,10 +446,7 @@ class _Pair(Upgrade):
     def rewrite_handshake(self, data: bytes) -> bytes:
         head, _, rest = data.partition(b"\r\n\r\n")
         _, *lines = head.split(b"\r\n")
-        server = self.lease.server
-        ours = H.request_to_upstream(self.raw, client_ip=self.client_ip, scheme=self.scheme,
-                                     host_header=self.route.host_header, upstream_hostport=server.hostport,
-                                     drop=HANDSHAKE_FIELDS)
+        ours = self.upstream_headers(drop=HANDSHAKE_FIELDS)
         keep = [line for line in lines if line.split(b":", 1)[0].strip().lower() not in
                 {b"host", b"pragma", b"cache-control"}]
         passed = [name + b": " + value for name, value in ours]
