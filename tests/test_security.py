@@ -361,3 +361,18 @@ def test_a_redirect_is_built_from_an_origin_form_target_only() -> None:
     client = h.raw_client(get(b"/ok?x=1"))
     assert status(client) == 301
     assert header_lines(client.head, b"location") == [b"https://relay.example/ok?x=1"]
+
+
+def test_logged_fields_are_escaped_as_nginx_does() -> None:
+    """Quotes, backslashes, control bytes and bytes above 0x7E in User-Agent, Referer and the
+    target are written as \\xHH in the access log: no forged field or line, no terminal escape
+    (a control byte in a field is also a 400, logged the same way)."""
+    h = Harness()
+    serve(h, get(b"/x?a=%22", [b"User-Agent: ua\"\\\xe9", b"Referer: r\"x\""]))
+    line = h.log[-1]
+    assert '"GET /x?a=%22 HTTP/1.1" 200 ' in line
+    assert '"r\\x22x\\x22" "ua\\x22\\x5C\\xE9"' in line
+    h.raw_client(get(b"/y", [b"User-Agent: \x1b[31mred\x1b[0m"]))
+    line = h.log[-1]
+    assert '"GET /y HTTP/1.1" 400 ' in line and '"\\x1B[31mred\\x1B[0m"' in line
+    assert "\x1b" not in "".join(h.log) and "\n" not in "".join(h.log)
