@@ -54,7 +54,7 @@ class Server:
     """One server of an upstream group (nginx ``server`` inside ``upstream``)."""
 
     scheme: str  # "http" (plain; ws for WebSocket) or "https" (TLS; wss for WebSocket)
-    host: str
+    host: str  # ASCII: a host name in A-labels, or an IP address (IPv6 compressed, no brackets)
     port: int
     weight: int = 1
     max_conns: int = 0  # 0: unlimited
@@ -202,10 +202,10 @@ def _server(text: str, is_default_scheme: str = "http") -> Server:
     if m:
         scheme = {"http": "http", "ws": "http", "https": "https", "wss": "https"}[m.group(1).lower()]
         address = m.group(2).rstrip("/")
-    m = re.match(r"^\[([0-9a-fA-F:.]+)\]:(\d+)$", address) or re.match(r"^([^:\[\]/]+):(\d+)$", address)
+    m = re.match(r"^(\[[^\]/]*\]|[^:\[\]/]+):(\d{1,5})$", address)
     if not m:
         raise ValueError(f"{words[0]!r} is not host:port (or [ipv6]:port, optionally https://...)")
-    host, port = m.group(1), int(m.group(2))
+    host, port = V.server_host(m.group(1)), int(m.group(2))  # ASCII: A-labels, canonical IPv6
     if not 1 <= port <= 65535:
         raise ValueError(f"{words[0]!r}: port {port} is out of range (1 to 65535)")
     options: dict[str, Any] = {}
@@ -220,7 +220,7 @@ def _server(text: str, is_default_scheme: str = "http") -> Server:
             options["max_conns"] = V.int_range(0, 1_000_000)(value)
         else:
             raise ValueError(f"{word!r}: unknown server option (weight=N, max_conns=N, backup)")
-    return Server(scheme=scheme, host=host.lower(), port=port, **options)
+    return Server(scheme=scheme, host=host, port=port, **options)
 
 
 def _servers(text: str) -> tuple[Server, ...]:
@@ -305,7 +305,7 @@ def _upstream_keys(base: str) -> dict[str, _Key]:
         "keepalive": (V.int_range(0, 10_000), "16"),
         "tls_verify": (V.parse_bool, "on"),
         "tls_ca": (V.file_path(base), ""),
-        "tls_server_name": (lambda t: t.strip(), ""),
+        "tls_server_name": (V.tls_server_name, ""),
     }
 
 

@@ -275,7 +275,7 @@ class _Unverified:
 
     def __init__(self, hostname: str) -> None:
         self._options = tssl.CertificateOptions(verify=False, acceptableProtocols=[b"http/1.1"])
-        self._sni = None if V.is_ip(hostname) else hostname.encode("idna")
+        self._sni = None if V.is_ip(hostname) else hostname.encode("ascii")  # A-labels (values.py)
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection = SSL.Connection(self._options.getContext(), None)
