@@ -258,3 +258,16 @@ def test_exclude_skips_tried_servers() -> None:
     assert {b.acquire("g", client_ip="x", exclude={"http://127.0.0.1:1"}).server.port for _ in range(3)} == {2}
     with pytest.raises(NoServerAvailable):
         b.acquire("g", client_ip="x", exclude={"http://127.0.0.1:1", "http://127.0.0.1:2"})
+
+
+def test_ip_hash_without_client_address_falls_back_to_round_robin() -> None:
+    """ip_hash with no client address (client_ip None, a unix: listener) spreads requests
+    round-robin instead of pinning them all to one server or failing."""
+    b, _ = balancer("127.0.0.1:1 weight=2  127.0.0.1:2  127.0.0.1:3", "balance = ip_hash")
+    ports = []
+    for _ in range(8):
+        lease = b.acquire("g", client_ip=None)
+        ports.append(lease.server.port)
+        lease.release()
+    assert ports == [1, 2, 3, 1] * 2  # smooth weighted round-robin, as balance = round_robin
+    assert len({b.acquire("g", client_ip="192.0.2.7").server.port for _ in range(4)}) == 1  # addresses still hash

@@ -11,7 +11,8 @@ Rules (a server is *available* when it is healthy, not passively down, and under
      in-flight HTTP requests both count), ties broken round-robin.  The default for groups that
      carry WebSocket routes: long-lived connections must spread by load, not by arrival;
    - ``ip_hash``: a stable hash of the client address (IPv4: its first three octets, as nginx;
-     IPv6: the whole address) ranks the servers; the first available one is taken;
+     IPv6: the whole address) ranks the servers; the first available one is taken.  A request
+     with no client address (``client_ip`` None: a ``unix:`` listener) is balanced round-robin;
    - ``header``: rendezvous hashing of the value of the ``sticky`` header, so adding a server
      moves only the clients it now wins; requests without the header fall back to least_conn;
    - ``cookie``: HAProxy-style insert.  The response carries ``Set-Cookie: <sticky>=<server id>``
@@ -187,9 +188,11 @@ class Balancer:
 
     # -- choice -----------------------------------------------------------------------------
 
-    def acquire(self, group: str, *, client_ip: str, headers: Sequence[tuple[bytes, bytes]] = (),
+    def acquire(self, group: str, *, client_ip: str | None, headers: Sequence[tuple[bytes, bytes]] = (),
                 exclude: Collection[str] = ()) -> Lease:
-        """Pick a server of ``group`` for one exchange; raise NoServerAvailable if none can take it."""
+        """Pick a server of ``group`` for one exchange; raise NoServerAvailable if none can take it.
+
+        ``client_ip``: the client's address, or None when there is none (a ``unix:`` listener)."""
         upstream = self.upstreams[group]
         states = self.states[group]
         now = self.clock.seconds()
@@ -215,7 +218,7 @@ class Balancer:
             else:
                 text = value.decode("latin-1")
                 chosen = max(pool, key=lambda s: _rendezvous(text, s.server))
-        elif upstream.balance == "ip_hash":
+        elif upstream.balance == "ip_hash" and client_ip is not None:
             chosen = self._ip_hash(client_ip, states, pool)
         elif upstream.balance == "least_conn":
             chosen = self._least_conn(group, pool)
