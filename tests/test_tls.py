@@ -533,3 +533,37 @@ retries = 0
     # Without a configuration load, a CA file that cannot be read fails verification, not the call.
     creators = UpstreamTLS({})
     assert creators.creator(group, server) is creators.creator(group, server)
+
+
+def test_sticky_cookie_is_secure_over_tls_only(ca: CA, demo: UpstreamProcess,
+                                               start_relay: Callable[..., RelayProcess]) -> None:
+    """balance = cookie: the Set-Cookie of an HTTP response, and of a WebSocket 101 in relay and
+    tunnel mode, carries Secure over TLS and not over plain HTTP; always HttpOnly and SameSite=Lax."""
+    text = tls_relay_config(ca, demo.port).replace(
+        f"servers = 127.0.0.1:{demo.port}\n", f"servers = 127.0.0.1:{demo.port}\nbalance = cookie\nsticky = srv\n")
+    text += "[route tunnel]\npath = /\nhost = tunnel.test\nupstream = app\nws_mode = tunnel\n"
+    relay = start_relay(text, wait=False)
+    relay.wait_listening(count=3)
+    port, plain = tls_port(relay), int(relay.urls[0].rstrip("/").rsplit(":", 1)[1])
+
+    def cookie_of(head: bytes) -> str:
+        lines = [l for l in head.decode("latin-1").split("\r\n") if l.lower().startswith("set-cookie: srv=")]
+        assert len(lines) == 1, head
+        return lines[0]
+
+    secure = cookie_of(https_get(port, ca))
+    assert secure.endswith("; Path=/; HttpOnly; SameSite=Lax; Secure")
+    with socket.create_connection(("127.0.0.1", plain), timeout=10) as s:
+        s.sendall(b"GET /api/info HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        head = s.recv(65536).partition(b"\r\n\r\n")[0]
+    assert cookie_of(head).endswith("; Path=/; HttpOnly; SameSite=Lax")
+
+    async def ws_cookie(tls: bool, host: str) -> str:
+        sock = socket.create_connection(("127.0.0.1", port if tls else plain), timeout=10)
+        kw: dict[str, object] = {"ssl": client_context(ca), "server_hostname": "a.test"} if tls else {}
+        async with websockets.connect(f"{'wss' if tls else 'ws'}://{host}/ws/echo", sock=sock, **kw) as ws:
+            return "Set-Cookie: " + ws.response.headers["Set-Cookie"]  # type: ignore[union-attr]
+
+    for host in ("a.test", "tunnel.test"):
+        assert asyncio.run(asyncio.wait_for(ws_cookie(True, host), 20)).endswith("; HttpOnly; SameSite=Lax; Secure")
+        assert asyncio.run(asyncio.wait_for(ws_cookie(False, host), 20)).endswith("; HttpOnly; SameSite=Lax")

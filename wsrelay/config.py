@@ -189,6 +189,8 @@ class Config:
     drain_timeout: float
     max_request_line: int
     max_header_size: int
+    sticky_secret: str | None = attrs.field(default=None, repr=False)  # None: sticky_secret_file or derived
+    sticky_secret_file: str | None = None  # read by wsrelay.sticky.load_key at load
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,6 +265,8 @@ def _global_keys(base: str) -> dict[str, _Key]:
         "drain_timeout": (V.parse_duration, "10s"),
         "max_request_line": (V.parse_size, "8K"),
         "max_header_size": (V.parse_size, "16K"),
+        "sticky_secret": (V.secret, ""),
+        "sticky_secret_file": (V.file_path(base), ""),
     }
 
 
@@ -443,6 +447,8 @@ class _Builder:
         listeners += [self.listener(section, name, certificates) for section, name in sections["listener"]]
         if not listeners:
             raise self.error("wsrelay", "listen", "no listener: give 'listen = tcp:PORT' or a [listener NAME] section")
+        if glob["sticky_secret"] is not None and glob["sticky_secret_file"] is not None:
+            raise self.error("wsrelay", "sticky_secret_file", "give sticky_secret or sticky_secret_file, not both")
         upstreams = {name: self.upstream(section, name) for section, name in sections["upstream"]}
         routes = tuple(self.route(section, name, upstreams) for section, name in sections["route"])
         if not routes:
@@ -472,6 +478,8 @@ class _Builder:
             drain_timeout=glob["drain_timeout"],
             max_request_line=glob["max_request_line"],
             max_header_size=glob["max_header_size"],
+            sticky_secret=glob["sticky_secret"],
+            sticky_secret_file=glob["sticky_secret_file"],
         )
 
     def certificate(self, section: str, name: str) -> Certificate:

@@ -33,6 +33,7 @@ from wsrelay.config import Config, ConfigError, Listener
 from wsrelay.gateway import Gateway, check_access_log
 from wsrelay.listeners import open_listener
 from wsrelay.site import RelaySite
+from wsrelay.sticky import load_key
 from wsrelay.workers import Workers
 
 
@@ -91,11 +92,13 @@ class _TLS:
         return commit
 
 
-def check(config: Config) -> None:
+def check(config: Config) -> list[str]:
     """What ``--check`` verifies beyond parsing, short of listening: the TLS files and cipher lists,
-    the upstream CA files, the access log.  Raises ConfigError; changes nothing."""
+    the upstream CA files, the access log, the sticky secret file.  Raises ConfigError; changes
+    nothing.  Returns the warnings a start with ``config`` would log."""
     _TLS().prepare(config)
     check_access_log(config)
+    return list(load_key(config).warnings)
 
 
 def _restart_needed(old: Config, new: Config) -> None:
@@ -224,6 +227,7 @@ class RelayService(MultiService):
             _restart_needed(self.config, new)
             commit_tls = self._tls.prepare(new)
             access_log = self.gateway.access_log_for(new)
+            sticky = load_key(new)
             wanted = {(l.name, l.endpoint): l for l in new.listeners}
             added = [l for key, l in wanted.items() if key not in self.ports]
             old_ports = self.ports
@@ -251,7 +255,7 @@ class RelayService(MultiService):
                 self.sites.pop(key, None)
         for key, listener in wanted.items():
             self.sites[key].use(listener)  # redirect, redirect_port, hsts_max_age
-        self.gateway.apply(new, access_log)
+        self.gateway.apply(new, access_log, sticky)
         self.log.info("configuration reloaded from {path}: {routes} routes, {upstreams} upstream groups{worker}",
                       path=path, routes=len(new.routes), upstreams=len(new.upstreams), worker=self._worker_label)
         return True

@@ -369,6 +369,14 @@ def password(text: str) -> str:
     return text.strip()
 
 
+def secret(text: str) -> str:
+    """A secret key given in the file (``sticky_secret``): at least 16 bytes."""
+    value = text.strip()
+    if len(value.encode("utf-8")) < 16:
+        raise ValueError("is too short: give at least 16 characters (e.g. 'openssl rand -base64 32')")
+    return value
+
+
 # Mozilla "intermediate" TLS <= 1.2 suites (TLS 1.3 suites are OpenSSL's defaults).
 MOZILLA_INTERMEDIATE_CIPHERS = (
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
