@@ -24,6 +24,7 @@ setup(
         "pyOpenSSL>=25.3",
         "service-identity>=24.1",
         "attrs>=23.1",
+        "idna>=3.0",  # wsrelay.values: configured names to A-labels, as Twisted encodes them
     ],
     extras_require={
         "test": ["pytest>=8", "kosoku>=0.1", "websockets>=13", "treq>=24.9"],

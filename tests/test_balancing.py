@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from wsrelay import config
-from wsrelay.balancing import Balancer, NoServerAvailable, server_id
+from wsrelay.balancing import Balancer, NoServerAvailable
 
 
 def groups(servers: str, extra: str = "") -> dict[str, config.Upstream]:
@@ -81,17 +81,17 @@ def test_cookie_sticky_inserts_honours_and_falls_back() -> None:
     """cookie mode sets an opaque id cookie, honours it, and re-pins the client if that server is down."""
     b, _ = balancer("127.0.0.1:1 127.0.0.1:2", "balance = cookie\nsticky = srv\nmax_fails = 1")
     lease = b.acquire("g", client_ip="x")
-    cookie = lease.set_cookie()
+    cookie = lease.set_cookie(secure=False)
     assert cookie is not None and cookie.startswith(b"srv=") and b"127.0.0.1" not in cookie
     value = cookie.split(b";")[0].split(b"=")[1]
-    assert value == server_id(lease.server).encode()
+    assert value == b.server_id(lease.server).encode()
     headers = [(b"Cookie", b"a=b; srv=" + value)]
     for _ in range(5):
         again = b.acquire("g", client_ip="y", headers=headers)
-        assert again.server == lease.server and again.set_cookie() is None
+        assert again.server == lease.server and again.set_cookie(secure=False) is None
     again.failure("timeout")
     moved = b.acquire("g", client_ip="y", headers=headers)
-    assert moved.server != lease.server and moved.set_cookie() is not None
+    assert moved.server != lease.server and moved.set_cookie(secure=True) is not None
 
 
 def test_header_sticky_is_rendezvous_stable_when_servers_are_added() -> None:
@@ -258,3 +258,55 @@ def test_exclude_skips_tried_servers() -> None:
     assert {b.acquire("g", client_ip="x", exclude={"http://127.0.0.1:1"}).server.port for _ in range(3)} == {2}
     with pytest.raises(NoServerAvailable):
         b.acquire("g", client_ip="x", exclude={"http://127.0.0.1:1", "http://127.0.0.1:2"})
+
+
+def test_ip_hash_without_client_address_falls_back_to_round_robin() -> None:
+    """ip_hash with no client address (client_ip None, a unix: listener) spreads requests
+    round-robin instead of pinning them all to one server or failing."""
+    b, _ = balancer("127.0.0.1:1 weight=2  127.0.0.1:2  127.0.0.1:3", "balance = ip_hash")
+    ports = []
+    for _ in range(8):
+        lease = b.acquire("g", client_ip=None)
+        ports.append(lease.server.port)
+        lease.release()
+    assert ports == [1, 2, 3, 1] * 2  # smooth weighted round-robin, as balance = round_robin
+    assert len({b.acquire("g", client_ip="192.0.2.7").server.port for _ in range(4)}) == 1  # addresses still hash
+
+
+def test_cookie_attributes_follow_the_request_scheme() -> None:
+    """The sticky cookie is HttpOnly, SameSite=Lax and Path=/ always, and Secure exactly when the
+    request came over TLS."""
+    b, _ = balancer("127.0.0.1:1", "balance = cookie\nsticky = srv")
+    lease = b.acquire("g", client_ip="x")
+    value = b.server_id(lease.server)
+    assert lease.set_cookie(secure=False) == f"srv={value}; Path=/; HttpOnly; SameSite=Lax".encode()
+    assert lease.set_cookie(secure=True) == f"srv={value}; Path=/; HttpOnly; SameSite=Lax; Secure".encode()
+
+
+def test_cookie_ids_are_keyed() -> None:
+    """A sticky id is an HMAC under the balancer's key: processes with the same key (workers,
+    fleet nodes) honour each other's cookies; without the key, hashing the address (as the old
+    unsalted id did) finds nothing."""
+    import hashlib
+
+    ups = groups("10.0.0.1:80 10.0.0.2:80", "balance = cookie\nsticky = srv")
+    one, other, stranger = Balancer(Clock(), b"k" * 32), Balancer(Clock(), b"k" * 32), Balancer(Clock(), b"x" * 32)
+    for b in (one, other, stranger):
+        b.configure(ups)
+    lease = one.acquire("g", client_ip="x")
+    cookie = lease.set_cookie(secure=True)
+    assert cookie is not None
+    value = cookie.split(b";")[0].split(b"=", 1)[1].decode()
+    assert len(value) == 32 and int(value, 16) >= 0
+    for server in ups["g"].servers:
+        for text in (server.key, server.hostport, server.host):
+            for digest in (hashlib.sha256(text.encode()).hexdigest(), hashlib.md5(text.encode()).hexdigest()):
+                assert value not in digest
+    headers = [(b"Cookie", b"srv=" + value.encode())]
+    for _ in range(3):  # the other process with the same key honours it, whatever least_conn says
+        again = other.acquire("g", client_ip="y", headers=headers)
+        assert again.server == lease.server and again.set_cookie(secure=True) is None
+    assert stranger.server_id(lease.server) != value
+    assert stranger.acquire("g", client_ip="y", headers=headers).set_cookie(secure=True) is not None
+    one.configure(ups, b"z" * 32)  # a reload with a new key: new ids
+    assert one.server_id(lease.server) != value

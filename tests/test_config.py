@@ -201,3 +201,106 @@ def test_files_and_cipher_lists_are_checked(tmp_path: Path) -> None:
                     + f"[upstream secure]\nservers = https://127.0.0.1:1\ntls_ca = {ca.pem}\n")
     check(config.load(str(path)))  # a good one passes, and creates nothing
     assert not (tmp_path / "access.log").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Values that reach the wire are checked (or converted) at load, never at request time.
+
+
+@pytest.mark.parametrize("line, key, words", [
+    ("servers = https://my_backend:8443", "servers", "'_' is not allowed in a host name"),
+    ("servers = my_backend:80", "servers", "'_' is not allowed in a host name"),
+    ("servers = -bad.example:80", "servers", "not a valid host name"),
+    ("servers = ab--cd.example:80", "servers", "not a valid host name"),
+    ("servers = xn--zz.example:80", "servers", "not a valid host name"),
+    ("servers = 999.1.1.1:80", "servers", "neither an IPv4 address nor a host name"),
+    ("servers = [1:2]:80", "servers", "not an IPv6 address"),
+    ("servers = [127.0.0.1]:80", "servers", "not an IPv6 address"),
+    ("servers = https://a.example:443\ntls_server_name = my_backend", "tls_server_name", "'_' is not allowed"),
+    ("servers = https://a.example:443\ntls_server_name = *.example.com", "tls_server_name", "no wildcard"),
+    ("servers = https://a.example:443\ntls_server_name = a.example:443", "tls_server_name", "no wildcard, port"),
+    ("servers = 127.0.0.1:1\nhealth_check = /health#x", "health_check", "is not a path"),
+    ("servers = 127.0.0.1:1\nhealth_check = /health\x7f", "health_check", "is not a path"),
+    ("servers = 127.0.0.1:1\nbalance = cookie\nsticky = s\u00e9", "sticky", "not a valid cookie or header name"),
+])
+def test_upstream_wire_values_are_refused_at_load(line: str, key: str, words: str) -> None:
+    """Host names Twisted could not resolve or TLS could not verify, bad tls_server_name values,
+    health-check targets that cannot go in a request line, and non-token sticky names: one
+    ConfigError naming [upstream NAME] and the key, at load (so --check and reload refuse them)."""
+    error = error_of(MINIMAL + f"[upstream x]\n{line}\n")
+    assert (error.section, error.key) == ("upstream x", key), str(error)
+    assert words in str(error), str(error)
+
+
+@pytest.mark.parametrize("line, key, words", [
+    ("host_header = a:b:c", "host_header", "not 'pass', 'upstream' or a host[:port]"),
+    ("host_header = a.example:99999", "host_header", "not 'pass', 'upstream' or a host[:port]"),
+    ("host_header = [zz]:80", "host_header", "not an IPv6 address"),
+    ("host_header = caf\u00e9 example", "host_header", "not 'pass', 'upstream' or a host[:port]"),
+    ("host = -x.example", "host", "not a host name"),
+    ("host = a\x01.example", "host", "not a host name"),
+    ("ws_allowed_origins = https://a_b..example", "ws_allowed_origins", "not a valid host name"),
+    ("path = /a/../b/", "path", "would never match"),
+    ("path = /a//b/", "path", "would never match"),
+    ("path = /a/%00/", "path", "encoded control character"),
+])
+def test_route_wire_values_are_refused_at_load(line: str, key: str, words: str) -> None:
+    """A Host value, host pattern, origin or path that could never be sent or matched is one
+    ConfigError naming [route ...] and the key."""
+    error = error_of(MINIMAL + f"[route named]\nupstream = chat\n{line}\n" + ("path = /n/\n" if "path" not in line else ""))
+    assert (error.section, error.key) == ("route named", key), str(error)
+    assert words in str(error), str(error)
+
+
+def test_wire_values_are_converted_once_to_ascii() -> None:
+    """International names become IDNA A-labels, IPv6 literals their compressed form, a
+    non-ASCII health-check path is percent-encoded as UTF-8; so every name is ASCII bytes and a
+    valid TLS server name (what httpproxy, healthcheck and tls.py do with them cannot fail)."""
+    from twisted.internet import ssl
+
+    cfg = parse(MINIMAL + """
+[upstream intl]
+servers = B\u00fccher.Example:80 https://[0:0::1]:8443 https://stra\u00dfe.example.:443 10.0.0.1:80
+health_check = /sant\u00e9?x=\u00e9
+tls_server_name = B\u00fccher.example
+[route /intl/]
+upstream = intl
+host = b\u00fccher.example *.B\u00fccher.example my_app.example
+host_header = b\u00fccher.example:8080
+ws_allowed_origins = https://B\u00fccher.example:8443
+""")
+    up = cfg.upstreams["intl"]
+    assert [s.host for s in up.servers] == ["xn--bcher-kva.example", "::1", "xn--strae-oqa.example", "10.0.0.1"]
+    assert [s.key for s in up.servers][:2] == ["http://xn--bcher-kva.example:80", "https://[::1]:8443"]
+    assert up.health is not None and up.health.path == "/sant%C3%A9?x=%C3%A9"
+    assert up.tls_server_name == "xn--bcher-kva.example"
+    route = cfg.routes[-1]
+    assert route.hosts == ("xn--bcher-kva.example", "*.xn--bcher-kva.example", "my_app.example")
+    assert route.host_header == "xn--bcher-kva.example:8080"
+    assert route.websocket.allowed_origins == ("https://xn--bcher-kva.example:8443",)
+    for server in up.servers:
+        server.host.encode("ascii"), server.hostport.encode("ascii"), up.health.path.encode("ascii")
+        if not V_is_ip(server.host):
+            ssl.optionsForClientTLS(server.host)  # raises for a name IDNA refuses
+    ssl.optionsForClientTLS(up.tls_server_name)
+
+
+def V_is_ip(text: str) -> bool:
+    from wsrelay.values import is_ip
+
+    return is_ip(text)
+
+
+def test_route_paths_match_the_normalised_request_path() -> None:
+    """A route path with non-ASCII or percent-encoded characters matches the requests it names
+    (requests are matched percent-decoded, byte by byte), whichever way the client escapes them
+    (raw non-ASCII bytes in a target are a 400: test_security.py)."""
+    from wsrelay.routing import Router, normalize_path
+
+    cfg = parse(MINIMAL + "[route /caf\u00e9/]\nupstream = chat\n[route /a%20b/]\nupstream = chat\n")
+    router = Router(cfg.routes)
+    for target in (b"/caf%C3%A9/x", b"/caf%c3%a9/"):
+        route = router.match(None, normalize_path(target))
+        assert route is not None and route.name == "/caf\u00e9/", target
+    route = router.match(None, normalize_path(b"/a%20b/c"))
+    assert route is not None and route.name == "/a%20b/"

@@ -114,3 +114,26 @@ def test_bad_paths_are_400(raw: bytes) -> None:
 def test_normalize_host(raw: bytes | None, host: str | None) -> None:
     """Host values are compared lower-case, without port or trailing dot."""
     assert normalize_host(raw) == host
+
+
+@pytest.mark.parametrize("pattern", ["::1", "[::1]", "[0:0::1]", "0:0:0:0:0:0:0:1"])
+@pytest.mark.parametrize("host", [b"[::1]", b"[::1]:8080", b"[0:0::1]:80", b"[0000:0::0:1]", b"::1"])
+def test_ipv6_route_host_matches_every_spelling(pattern: str, host: bytes) -> None:
+    """host = ::1 or [::1] on a route matches a Host of [::1], [::1]:8080 or [0:0::1]:80: both
+    sides are normalised to the compressed form without brackets."""
+    cfg = config.parse(f"[wsrelay]\nlisten = tcp:0\n[upstream u]\nservers = 127.0.0.1:1\n"
+                       f"[route /]\nupstream = u\n[route v6]\npath = /\nhost = {pattern}\nupstream = u\n")
+    route = Router(cfg.routes).match(normalize_host(host), "/")
+    assert route is not None and route.name == "v6"
+    assert Router(cfg.routes).match(normalize_host(b"[::2]:80"), "/").name == "/"  # type: ignore[union-attr]
+
+
+def test_ipv4_route_host_matches_with_and_without_port() -> None:
+    """An IPv4 route host matches the Host with or without a port; a bracketed non-IPv6 Host
+    matches no IP route."""
+    cfg = config.parse("[wsrelay]\nlisten = tcp:0\n[upstream u]\nservers = 127.0.0.1:1\n"
+                       "[route v4]\npath = /\nhost = 192.0.2.1\nupstream = u\n")
+    router = Router(cfg.routes)
+    assert router.match(normalize_host(b"192.0.2.1:80"), "/") is not None
+    assert router.match(normalize_host(b"192.0.2.1"), "/") is not None
+    assert router.match(normalize_host(b"[192.0.2.1]"), "/") is None

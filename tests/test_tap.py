@@ -284,3 +284,15 @@ def test_reload_applies_a_kept_listeners_settings_or_refuses(start_relay: Callab
                                 " keeps its socket on reload, restart wsrelay to apply this (or give it a new endpoint)")
     assert get(relay.port, "/a?b=1")[1]["location"] == "https://example.test:8443/a?b=1"
     assert relay.popen.poll() is None
+
+
+def test_check_refuses_names_that_would_fail_at_request_time(tmp_path: Path) -> None:
+    """--check (and so start-up and reload, which load the same way) refuses a server name that
+    Twisted could not resolve nor TLS verify: exit 1, one line naming file, section and key."""
+    path = write_config(tmp_path, ROUTES_V1 + "[upstream app]\nservers = https://my_backend:8443\n"
+                        "[route /app/]\nupstream = app\n")
+    result = run_twistd("wsrelay", "--config", str(path), "--check")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr == (f"wsrelay: {path}: [upstream app] servers: 'my_backend': '_' is not allowed in a host"
+                             " name that is resolved or used as a TLS server name (letters, digits and '-' only)\n")

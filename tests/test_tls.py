@@ -225,7 +225,8 @@ def test_redirect_listener_sends_https_url(tls_relay: RelayProcess) -> None:
 def test_sighup_swaps_certificates_and_refuses_bad_ones(ca: CA, demo: UpstreamProcess, tmp_path: Path,
                                                         start_relay: Callable[..., RelayProcess]) -> None:
     """A reload puts a new certificate in service for new handshakes while an open connection keeps
-    working; a bad new certificate is refused and the old one stays."""
+    working; a bad new certificate is not taken: its running version stays in service, with a
+    log line naming it, and the rest of the reload applies."""
     text = tls_relay_config(ca, demo.port)
     relay = start_relay(text, wait=False)
     relay.wait_listening(count=3)
@@ -247,8 +248,9 @@ def test_sighup_swaps_certificates_and_refuses_bad_ones(ca: CA, demo: UpstreamPr
     (tmp_path / "a.key").write_bytes(other_key.read_bytes())  # the key no longer matches
     mark = len(relay.output.lines)
     relay.signal(signal.SIGHUP)
-    line = relay.output.wait_for("reload refused", start=mark)
-    assert "does not match the certificate" in line.string
+    line = relay.output.wait_for("certificate not reloaded, its running version stays in service", start=mark)
+    assert "[certificate a] key:" in line.string and "does not match the certificate" in line.string
+    relay.output.wait_for("configuration reloaded", start=mark)
     with handshake(port, client_context(ca), "a.test") as s:
         assert s.getpeercert(binary_form=True) == served
 
@@ -533,3 +535,143 @@ retries = 0
     # Without a configuration load, a CA file that cannot be read fails verification, not the call.
     creators = UpstreamTLS({})
     assert creators.creator(group, server) is creators.creator(group, server)
+
+
+def test_sticky_cookie_is_secure_over_tls_only(ca: CA, demo: UpstreamProcess,
+                                               start_relay: Callable[..., RelayProcess]) -> None:
+    """balance = cookie: the Set-Cookie of an HTTP response, and of a WebSocket 101 in relay and
+    tunnel mode, carries Secure over TLS and not over plain HTTP; always HttpOnly and SameSite=Lax."""
+    text = tls_relay_config(ca, demo.port).replace(
+        f"servers = 127.0.0.1:{demo.port}\n", f"servers = 127.0.0.1:{demo.port}\nbalance = cookie\nsticky = srv\n")
+    text += "[route tunnel]\npath = /\nhost = tunnel.test\nupstream = app\nws_mode = tunnel\n"
+    relay = start_relay(text, wait=False)
+    relay.wait_listening(count=3)
+    port, plain = tls_port(relay), int(relay.urls[0].rstrip("/").rsplit(":", 1)[1])
+
+    def cookie_of(head: bytes) -> str:
+        lines = [l for l in head.decode("latin-1").split("\r\n") if l.lower().startswith("set-cookie: srv=")]
+        assert len(lines) == 1, head
+        return lines[0]
+
+    secure = cookie_of(https_get(port, ca))
+    assert secure.endswith("; Path=/; HttpOnly; SameSite=Lax; Secure")
+    with socket.create_connection(("127.0.0.1", plain), timeout=10) as s:
+        s.sendall(b"GET /api/info HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        head = s.recv(65536).partition(b"\r\n\r\n")[0]
+    assert cookie_of(head).endswith("; Path=/; HttpOnly; SameSite=Lax")
+
+    async def ws_cookie(tls: bool, host: str) -> str:
+        sock = socket.create_connection(("127.0.0.1", port if tls else plain), timeout=10)
+        kw: dict[str, object] = {"ssl": client_context(ca), "server_hostname": "a.test"} if tls else {}
+        async with websockets.connect(f"{'wss' if tls else 'ws'}://{host}/ws/echo", sock=sock, **kw) as ws:
+            return "Set-Cookie: " + ws.response.headers["Set-Cookie"]  # type: ignore[union-attr]
+
+    for host in ("a.test", "tunnel.test"):
+        assert asyncio.run(asyncio.wait_for(ws_cookie(True, host), 20)).endswith("; HttpOnly; SameSite=Lax; Secure")
+        assert asyncio.run(asyncio.wait_for(ws_cookie(False, host), 20)).endswith("; HttpOnly; SameSite=Lax")
+
+
+def test_one_bad_certificate_is_left_out_and_named(ca: CA, tmp_path: Path) -> None:
+    """Among several certificates, an expired, not yet valid or unreadable one is left out with
+    its own problem naming its section; the others are served (a bad default gives way to the
+    first usable one); a listener with no usable certificate is an error naming the certificate."""
+    import datetime
+
+    from wsrelay.tls import SNIContexts, load_each, server_contexts
+
+    good_cert, good_key = ca.leaf("good", "good.test")
+    old_cert, old_key = ca.leaf("old", "old.test", expired=True)
+    text = f"""
+[wsrelay]
+listen = tcp:0
+[listener l]
+endpoint = tcp:0
+tls = on
+certificates = old gone good
+default_certificate = old
+[certificate old]
+cert = {old_cert}
+key = {old_key}
+[certificate gone]
+cert = {tmp_path / "gone.pem"}
+key = {good_key}
+[certificate good]
+cert = {good_cert}
+key = {good_key}
+[route /]
+redirect = 301
+"""
+    cfg = configmod.parse(text, "relay.ini")
+    load = load_each(cfg.certificates, cfg.path)
+    assert set(load.loaded) == {"good"} and set(load.problems) == {"old", "gone"}
+    assert str(load.problems["old"]).startswith("relay.ini: [certificate old] cert: ") and "expired" in str(load.problems["old"])
+    assert "gone.pem: cannot be read" in str(load.problems["gone"])
+    contexts: SNIContexts = server_contexts(cfg, load.loaded, load.problems)["l"]
+    assert contexts.context_for(b"good.test") is not None
+    assert contexts.context_for(b"old.test") is contexts.context_for(b"good.test")  # the default now
+    later = load_each(cfg.certificates, cfg.path, now=datetime.datetime.now(datetime.timezone.utc)
+                      - datetime.timedelta(days=5))
+    assert "not valid before" in str(later.problems["good"])
+    only_bad = configmod.parse(text.replace("certificates = old gone good", "certificates = old gone"), "relay.ini")
+    with pytest.raises(ConfigError) as info:
+        server_contexts(only_bad, load.loaded, load.problems)
+    assert (info.value.section, info.value.key) == ("certificate old", "cert")
+    assert str(info.value).endswith("; [listener l] has no usable certificate")
+
+
+def test_open_private_keys_get_a_warning(ca: CA, tmp_path: Path) -> None:
+    """A private key file its group or others can access gets one warning naming it and its mode."""
+    from wsrelay.tls import load_each
+
+    cert, key = ca.leaf("a", "a.test")
+    cfg = certificate_config(cert, key)
+    key.chmod(0o640)
+    assert load_each(cfg.certificates, cfg.path).warnings == (
+        f"relay.ini: [certificate site] key: private key {key} is accessible to its group or others"
+        " (mode 0640): chmod 600 it",)
+    key.chmod(0o600)
+    assert load_each(cfg.certificates, cfg.path).warnings == ()
+
+
+def test_bad_certificate_fails_check_but_not_the_others_at_startup(ca: CA, tmp_path: Path,
+                                                                  start_relay: Callable[..., RelayProcess]) -> None:
+    """--check fails on any bad certificate (exit 1, one line naming it); a start with the same
+    file serves the good certificates and logs one line naming the bad one, and one warning for a
+    key others can read."""
+    import subprocess
+
+    from tests.support import TWISTD
+
+    a_cert, a_key = ca.leaf("a", "a.test")
+    old_cert, old_key = ca.leaf("old", "old.test", expired=True)
+    a_key.chmod(0o644)
+    text = f"""
+[wsrelay]
+listen = tcp:0:interface=127.0.0.1
+[listener public]
+endpoint = tcp:0:interface=127.0.0.1
+tls = on
+certificates = a old
+[certificate a]
+cert = {a_cert}
+key = {a_key}
+[certificate old]
+cert = {old_cert}
+key = {old_key}
+[route /]
+redirect = 301
+"""
+    path = write_config(tmp_path, text, "check.ini")
+    result = subprocess.run([TWISTD, "wsrelay", "--config", str(path), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.startswith(f"wsrelay: {path}: [certificate old] cert: {old_cert}: the certificate expired on ")
+    assert result.stderr.count("\n") == 1
+    relay = start_relay(text, wait=False)
+    relay.wait_listening(count=2)
+    line = relay.output.wait_for(r"certificate not in service \(the listener's other certificates serve\)")
+    assert f"[certificate old] cert: {old_cert}: the certificate expired" in line.string
+    line = relay.output.wait_for("private key")
+    assert f"[certificate a] key: private key {a_key} is accessible to its group or others (mode 0644)" in line.string
+    with handshake(tls_port(relay), client_context(ca), "a.test") as s:
+        assert peer_names(s) == ["a.test"]

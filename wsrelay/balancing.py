@@ -11,12 +11,15 @@ Rules (a server is *available* when it is healthy, not passively down, and under
      in-flight HTTP requests both count), ties broken round-robin.  The default for groups that
      carry WebSocket routes: long-lived connections must spread by load, not by arrival;
    - ``ip_hash``: a stable hash of the client address (IPv4: its first three octets, as nginx;
-     IPv6: the whole address) ranks the servers; the first available one is taken;
+     IPv6: the whole address) ranks the servers; the first available one is taken.  A request
+     with no client address (``client_ip`` None: a ``unix:`` listener) is balanced round-robin;
    - ``header``: rendezvous hashing of the value of the ``sticky`` header, so adding a server
      moves only the clients it now wins; requests without the header fall back to least_conn;
    - ``cookie``: HAProxy-style insert.  The response carries ``Set-Cookie: <sticky>=<server id>``
-     (an opaque id derived from the server's address, which it does not reveal); requests that
-     carry a valid id go to that server while it is available, others are balanced least_conn.
+     (``HttpOnly; SameSite=Lax``, and ``Secure`` when the request came over TLS; the id is an
+     HMAC of the server's address under the installation's sticky key, see ``sticky.py``, so it
+     does not reveal the address); requests that carry a valid id go to that server while it is
+     available, others are balanced least_conn.
      This is the mode for Socket.IO and SignalR: their long-polling requests must reach the server
      that holds the session, which an IP hash cannot guarantee behind NAT or mobile networks.
 
@@ -38,12 +41,14 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+import os
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from wsrelay import sticky
 from wsrelay.config import Server, Upstream
 from wsrelay.errors import BadGateway, ServiceUnavailable
 
@@ -54,11 +59,6 @@ class NoServerAvailable(ServiceUnavailable):
 
 class GroupRemoved(BadGateway):
     """A reload removed the group while an exchange of it was under way (a retry, say)."""
-
-
-def server_id(server: Server) -> str:
-    """The opaque sticky id of a server (stable across restarts and workers)."""
-    return hashlib.sha256(server.key.encode("utf-8")).hexdigest()[:12]
 
 
 def _hash(*parts: str) -> int:
@@ -84,12 +84,12 @@ class Lease:
     """One request or one relayed WebSocket on one server, from acquire to release."""
 
     def __init__(self, balancer: Balancer, group: str, state: ServerState, upstream: Upstream,
-                 set_cookie: bytes | None) -> None:
+                 cookie: tuple[str, str] | None) -> None:
         self._balancer = balancer
         self._group = group
         self._state = state
         self._upstream = upstream
-        self._set_cookie = set_cookie
+        self._cookie = cookie  # (name, server id) when the client needs a sticky cookie
         self._released = False
         self.server = state.server
 
@@ -110,16 +110,23 @@ class Lease:
         if self._state.retired and self._state.active == 0:
             self._balancer._forget(self._group, self._state)
 
-    def set_cookie(self) -> bytes | None:
-        """For balance = cookie: the Set-Cookie value to add to the response, if the client needs one."""
-        return self._set_cookie
+    def set_cookie(self, secure: bool) -> bytes | None:
+        """For balance = cookie: the Set-Cookie value to add to the response, if the client needs
+        one.  ``secure``: the request came over TLS (the cookie then gets ``Secure``)."""
+        if self._cookie is None:
+            return None
+        return sticky.set_cookie(*self._cookie, secure=secure)
 
 
 class Balancer:
     """Server choice and state for every upstream group of one process."""
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(self, clock: Any, sticky_key: bytes | None = None) -> None:
+        """``sticky_key``: the key of sticky cookie ids (``sticky.load_key``); None: a random
+        one, valid in this process only."""
         self.clock = clock
+        self.sticky_key = sticky_key if sticky_key is not None else os.urandom(32)
+        self._ids: dict[str, str] = {}  # Server.key -> sticky id under sticky_key
         self.upstreams: dict[str, Upstream] = {}
         self.states: dict[str, dict[str, ServerState]] = {}
         self.retired: dict[str, list[ServerState]] = {}
@@ -127,8 +134,12 @@ class Balancer:
 
     # -- configuration ----------------------------------------------------------------------
 
-    def configure(self, upstreams: Mapping[str, Upstream]) -> None:
-        """Use ``upstreams`` from now on, keeping the state of servers that stay."""
+    def configure(self, upstreams: Mapping[str, Upstream], sticky_key: bytes | None = None) -> None:
+        """Use ``upstreams`` (and ``sticky_key``, if given) from now on, keeping the state of
+        servers that stay."""
+        if sticky_key is not None:
+            self.sticky_key = sticky_key
+        self._ids = {}
         new_states: dict[str, dict[str, ServerState]] = {}
         for name, upstream in upstreams.items():
             old = self.states.get(name, {})
@@ -191,9 +202,12 @@ class Balancer:
 
     # -- choice -----------------------------------------------------------------------------
 
-    def acquire(self, group: str, *, client_ip: str, headers: Sequence[tuple[bytes, bytes]] = (),
+    def acquire(self, group: str, *, client_ip: str | None, headers: Sequence[tuple[bytes, bytes]] = (),
                 exclude: Collection[str] = ()) -> Lease:
-        """Pick a server of ``group`` for one exchange; raise NoServerAvailable if none can take it."""
+        """Pick a server of ``group`` for one exchange; raise NoServerAvailable if none can take it
+        (GroupRemoved if a reload removed the group meanwhile).
+
+        ``client_ip``: the client's address, or None when there is none (a ``unix:`` listener)."""
         upstream = self.upstreams.get(group)
         if upstream is None:
             raise GroupRemoved(f"upstream {group} was removed by a reload")
@@ -204,15 +218,16 @@ class Balancer:
         pool = primaries or [s for s in candidates if s.server.backup]
         if not pool:
             raise self._none_available(group, states, now)
-        set_cookie: bytes | None = None
+        cookie: tuple[str, str] | None = None
         chosen: ServerState | None = None
         if upstream.balance == "cookie":
             assert upstream.sticky is not None
             wanted = _cookie(headers, upstream.sticky.encode("ascii"))
-            chosen = next((s for s in pool if server_id(s.server).encode("ascii") == wanted), None)
+            if wanted is not None:
+                chosen = next((s for s in pool if self.server_id(s.server).encode("ascii") == wanted), None)
             if chosen is None:
                 chosen = self._least_conn(group, pool)
-                set_cookie = (upstream.sticky + "=" + server_id(chosen.server) + "; Path=/; HttpOnly").encode("ascii")
+                cookie = (upstream.sticky, self.server_id(chosen.server))
         elif upstream.balance == "header":
             assert upstream.sticky is not None
             value = _header(headers, upstream.sticky.encode("ascii"))
@@ -221,14 +236,21 @@ class Balancer:
             else:
                 text = value.decode("latin-1")
                 chosen = max(pool, key=lambda s: _rendezvous(text, s.server))
-        elif upstream.balance == "ip_hash":
+        elif upstream.balance == "ip_hash" and client_ip is not None:
             chosen = self._ip_hash(client_ip, states, pool)
         elif upstream.balance == "least_conn":
             chosen = self._least_conn(group, pool)
         else:
             chosen = self._round_robin(pool)
         chosen.active += 1
-        return Lease(self, group, chosen, upstream, set_cookie)
+        return Lease(self, group, chosen, upstream, cookie)
+
+    def server_id(self, server: Server) -> str:
+        """The sticky cookie id of ``server`` under this balancer's key."""
+        sid = self._ids.get(server.key)
+        if sid is None:
+            sid = self._ids[server.key] = sticky.server_id(self.sticky_key, server)
+        return sid
 
     def _round_robin(self, pool: list[ServerState]) -> ServerState:
         total = 0

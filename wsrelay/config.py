@@ -54,7 +54,7 @@ class Server:
     """One server of an upstream group (nginx ``server`` inside ``upstream``)."""
 
     scheme: str  # "http" (plain; ws for WebSocket) or "https" (TLS; wss for WebSocket)
-    host: str
+    host: str  # ASCII: a host name in A-labels, or an IP address (IPv6 compressed, no brackets)
     port: int
     weight: int = 1
     max_conns: int = 0  # 0: unlimited
@@ -191,6 +191,8 @@ class Config:
     drain_timeout: float
     max_request_line: int
     max_header_size: int
+    sticky_secret: str | None = attrs.field(default=None, repr=False)  # None: sticky_secret_file or derived
+    sticky_secret_file: str | None = None  # read by wsrelay.sticky.load_key at load
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,10 +206,10 @@ def _server(text: str, is_default_scheme: str = "http") -> Server:
     if m:
         scheme = {"http": "http", "ws": "http", "https": "https", "wss": "https"}[m.group(1).lower()]
         address = m.group(2).rstrip("/")
-    m = re.match(r"^\[([0-9a-fA-F:.]+)\]:(\d+)$", address) or re.match(r"^([^:\[\]/]+):(\d+)$", address)
+    m = re.match(r"^(\[[^\]/]*\]|[^:\[\]/]+):(\d{1,5})$", address)
     if not m:
         raise ValueError(f"{words[0]!r} is not host:port (or [ipv6]:port, optionally https://...)")
-    host, port = m.group(1), int(m.group(2))
+    host, port = V.server_host(m.group(1)), int(m.group(2))  # ASCII: A-labels, canonical IPv6
     if not 1 <= port <= 65535:
         raise ValueError(f"{words[0]!r}: port {port} is out of range (1 to 65535)")
     options: dict[str, Any] = {}
@@ -222,7 +224,7 @@ def _server(text: str, is_default_scheme: str = "http") -> Server:
             options["max_conns"] = V.int_range(0, 1_000_000)(value)
         else:
             raise ValueError(f"{word!r}: unknown server option (weight=N, max_conns=N, backup)")
-    return Server(scheme=scheme, host=host.lower(), port=port, **options)
+    return Server(scheme=scheme, host=host, port=port, **options)
 
 
 def _servers(text: str) -> tuple[Server, ...]:
@@ -265,6 +267,8 @@ def _global_keys(base: str) -> dict[str, _Key]:
         "drain_timeout": (V.parse_duration, "10s"),
         "max_request_line": (V.parse_size, "8K"),
         "max_header_size": (V.parse_size, "16K"),
+        "sticky_secret": (V.secret, ""),
+        "sticky_secret_file": (V.file_path(base), ""),
     }
 
 
@@ -307,7 +311,7 @@ def _upstream_keys(base: str) -> dict[str, _Key]:
         "keepalive": (V.int_range(0, 10_000), "16"),
         "tls_verify": (V.parse_bool, "on"),
         "tls_ca": (V.file_path(base), ""),
-        "tls_server_name": (lambda t: t.strip(), ""),
+        "tls_server_name": (V.tls_server_name, ""),
     }
 
 
@@ -447,6 +451,8 @@ class _Builder:
         listeners += [self.listener(section, name, certificates) for section, name in sections["listener"]]
         if not listeners:
             raise self.error("wsrelay", "listen", "no listener: give 'listen = tcp:PORT' or a [listener NAME] section")
+        if glob["sticky_secret"] is not None and glob["sticky_secret_file"] is not None:
+            raise self.error("wsrelay", "sticky_secret_file", "give sticky_secret or sticky_secret_file, not both")
         upstreams = {name: self.upstream(section, name) for section, name in sections["upstream"]}
         routes = tuple(self.route(section, name, upstreams) for section, name in sections["route"])
         if not routes:
@@ -476,6 +482,8 @@ class _Builder:
             drain_timeout=glob["drain_timeout"],
             max_request_line=glob["max_request_line"],
             max_header_size=glob["max_header_size"],
+            sticky_secret=glob["sticky_secret"],
+            sticky_secret_file=glob["sticky_secret_file"],
         )
 
     def certificate(self, section: str, name: str) -> Certificate:

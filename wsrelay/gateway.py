@@ -24,6 +24,7 @@ from wsrelay.balancing import Balancer
 from wsrelay.config import Config, ConfigError
 from wsrelay.healthcheck import HealthChecker
 from wsrelay.routing import Router
+from wsrelay.sticky import StickyKey, load_key
 
 
 class Live(Protocol):
@@ -75,7 +76,8 @@ class Gateway:
         self.access_log = open_access_log(config)  # first: it can fail
         self.reactor = reactor
         self.runtime = Runtime.build(config)
-        self.balancer = Balancer(reactor)
+        sticky = self._sticky_key(config)  # ConfigError for an unusable sticky_secret_file
+        self.balancer = Balancer(reactor, sticky.key)
         self.balancer.configure(config.upstreams)
         self.health = HealthChecker(reactor, self.balancer)
         self.health.configure(config.upstreams)
@@ -92,12 +94,23 @@ class Gateway:
             return None
         return open_access_log(config)
 
-    def apply(self, config: Config, access_log: AccessLog | None = None) -> None:
+    def _sticky_key(self, config: Config) -> StickyKey:
+        sticky = load_key(config)
+        for warning in sticky.warnings:
+            self.log.warn("{warning}", warning=warning)
+        return sticky
+
+    def apply(self, config: Config, access_log: AccessLog | None = None, sticky: StickyKey | None = None) -> None:
         """Put a new, already validated configuration in service for new requests, with the
-        access log :meth:`access_log_for` opened for it."""
+        access log :meth:`access_log_for` opened for it and its sticky key (``sticky.load_key``,
+        loaded before anything changed)."""
         if access_log is None:
             access_log = self.access_log_for(config)
-        self.balancer.configure(config.upstreams)
+        if sticky is None:
+            sticky = load_key(config)
+        for warning in sticky.warnings:
+            self.log.warn("{warning}", warning=warning)
+        self.balancer.configure(config.upstreams, sticky.key)
         self.health.configure(config.upstreams)
         if access_log is not None:
             old, self.access_log = self.access_log, access_log

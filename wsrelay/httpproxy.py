@@ -355,7 +355,7 @@ class _Exchange:
             if hsts and name.lower() == b"strict-transport-security":
                 continue  # the listener's setting wins: one HSTS line, not two
             request.responseHeaders.addRawHeader(name, value)
-        cookie = self.lease.set_cookie()
+        cookie = self.lease.set_cookie(secure=self.scheme == "https")
         if cookie is not None:
             request.responseHeaders.addRawHeader(b"set-cookie", cookie)
         if request.method == b"HEAD" or response.code in (204, 304) or 100 <= response.code < 200:

@@ -23,6 +23,7 @@ from urllib.parse import unquote_to_bytes
 
 from wsrelay.config import Route
 from wsrelay.errors import BadRequest
+from wsrelay.values import ip_literal
 
 #: A request target is visible ASCII (RFC 9112 section 3.2; RFC 3986 has no other characters).
 _VISIBLE = re.compile(rb"[\x21-\x7e]+")
@@ -144,15 +145,21 @@ _READINGS: tuple[tuple[str, Callable[[bytes], bytes]], ...] = (
 
 
 def normalize_host(host: bytes | str | None) -> str | None:
-    """The host name of a ``Host`` header value, lower-case and without port or trailing dot."""
+    """The host name of a ``Host`` header value, lower-case and without port or trailing dot;
+    an IPv6 literal in the form route ``host`` patterns are stored in (``values.ip_literal``:
+    compressed, no brackets), so ``[0:0::1]:80`` matches ``host = [::1]``."""
     if host is None:
         return None
     text = host.decode("latin-1") if isinstance(host, bytes) else host
     text = text.strip().lower()
     if text.startswith("["):
         end = text.find("]")
-        return text[1:end] if end > 0 else None
-    name = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+        if end <= 0:
+            return None
+        return ip_literal(text[: end + 1]) or text[: end + 1]  # not an IPv6 literal: matches no pattern
+    if text.count(":") > 1:  # an IPv6 address without brackets (not valid in Host, but unambiguous)
+        return ip_literal(text) or text
+    name = text.rsplit(":", 1)[0] if ":" in text else text
     return name.rstrip(".") or None
 
 

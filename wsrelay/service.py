@@ -3,9 +3,11 @@
 Invariants:
 
 - The reactor is passed in; nothing here imports the global one.
-- A configuration is loaded and validated whole (including TLS files, cipher lists, CA files and
-  the access log) before anything changes; a bad one on reload is refused with a log line and the
-  running one stays in service.
+- A configuration is loaded and validated whole (including TLS files, cipher lists, CA files,
+  the sticky secret and the access log) before anything changes; a bad one on reload is refused
+  with a log line and the running one stays in service.  The exception is a bad certificate
+  among good ones: it is left out (its running version kept if still valid) and logged, and
+  only a TLS listener with no usable certificate makes the configuration bad.
 - Listeners that a reload keeps (same name and endpoint) keep their sockets and take the new
   settings (certificates, TLS options, redirect, redirect_port, hsts_max_age) for new connections
   and requests; turning ``tls`` on or off needs a restart, so such a reload is refused.  Removed
@@ -22,6 +24,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.error import CannotListenError
@@ -33,6 +36,7 @@ from wsrelay.config import Config, ConfigError, Listener
 from wsrelay.gateway import Gateway, check_access_log
 from wsrelay.listeners import open_listener
 from wsrelay.site import RelaySite
+from wsrelay.sticky import load_key
 from wsrelay.workers import Workers
 
 
@@ -55,28 +59,33 @@ def _url(port: IListeningPort, listener: Listener) -> str:
 
 
 class _TLS:
-    """Per-listener TLS server contexts and the upstream CA files, loaded from the config
-    (imported lazily: pyOpenSSL)."""
+    """Per-listener TLS server contexts, the certificates in service and the upstream CA files,
+    loaded from the config (imported lazily: pyOpenSSL)."""
 
     def __init__(self) -> None:
         self.contexts: dict[str, Any] = {}
+        self.loaded: dict[str, Any] = {}  # certificate name -> LoadedCertificate in service
 
     @staticmethod
     def needed(config: Config) -> bool:
         return any(l.tls for l in config.listeners) or any(
             u.tls_ca or any(s.tls for s in u.servers) for u in config.upstreams.values())
 
-    def prepare(self, config: Config) -> Callable[..., None]:
-        """Load every certificate and CA file of ``config`` and build its contexts; return a
-        function that puts them in service (``only_new``: only contexts for listeners that have none).
+    def prepare(self, config: Config, strict: bool = False) -> _Prepared:
+        """Load every certificate and CA file of ``config`` and build its contexts; return what
+        puts them in service (``commit(only_new)``: only contexts for listeners that have none).
 
-        Raises ConfigError before anything changes.
+        A bad certificate is left out (its running version kept, if valid) and logged at commit;
+        ``strict`` (``--check``) makes it an error.  Raises ConfigError before anything changes.
         """
         if not self.needed(config):
-            return lambda only_new=False: None
+            return _Prepared(lambda only_new=False: None, ())
         from wsrelay import tls
 
-        built = tls.server_contexts(config, tls.load_certificates(config.certificates, config.path))
+        certs = tls.load_each(config.certificates, config.path, previous=self.loaded)
+        if strict and certs.problems:
+            raise next(iter(certs.problems.values()))
+        built = tls.server_contexts(config, certs.loaded, certs.problems)
         upstream_tls = tls.load_upstream_tls(config)
 
         def commit(only_new: bool = False) -> None:
@@ -87,15 +96,25 @@ class _TLS:
                     self.contexts[name].use(contexts)
             if not only_new:
                 tls.use_upstream_tls(upstream_tls)
+                self.loaded = dict(certs.loaded)
+                tls.report(certs)
 
-        return commit
+        return _Prepared(commit, certs.warnings)
 
 
-def check(config: Config) -> None:
-    """What ``--check`` verifies beyond parsing, short of listening: the TLS files and cipher lists,
-    the upstream CA files, the access log.  Raises ConfigError; changes nothing."""
-    _TLS().prepare(config)
+@attrs.frozen
+class _Prepared:
+    commit: Callable[..., None]
+    warnings: tuple[str, ...]
+
+
+def check(config: Config) -> list[str]:
+    """What ``--check`` verifies beyond parsing, short of listening: the TLS files (every
+    certificate, strictly) and cipher lists, the upstream CA files, the access log, the sticky
+    secret file.  Raises ConfigError; changes nothing.  Returns the warnings a start would log."""
+    warnings = list(_TLS().prepare(config, strict=True).warnings)
     check_access_log(config)
+    return warnings + list(load_key(config).warnings)
 
 
 def _restart_needed(old: Config, new: Config) -> None:
@@ -129,7 +148,7 @@ class RelayService(MultiService):
         self.loader = loader
         self.handle_signals = handle_signals
         self._tls = _TLS()
-        self._tls.prepare(config)()
+        self._tls.prepare(config).commit()
         self.gateway = Gateway(reactor, config)
         self.ports: dict[tuple[str, str], IListeningPort] = {}
         self.sites: dict[tuple[str, str], RelaySite] = {}
@@ -222,8 +241,9 @@ class RelayService(MultiService):
         try:
             new = self.loader(path)
             _restart_needed(self.config, new)
-            commit_tls = self._tls.prepare(new)
+            commit_tls = self._tls.prepare(new).commit
             access_log = self.gateway.access_log_for(new)
+            sticky = load_key(new)
             wanted = {(l.name, l.endpoint): l for l in new.listeners}
             added = [l for key, l in wanted.items() if key not in self.ports]
             old_ports = self.ports
@@ -251,7 +271,7 @@ class RelayService(MultiService):
                 self.sites.pop(key, None)
         for key, listener in wanted.items():
             self.sites[key].use(listener)  # redirect, redirect_port, hsts_max_age
-        self.gateway.apply(new, access_log)
+        self.gateway.apply(new, access_log, sticky)
         self.log.info("configuration reloaded from {path}: {routes} routes, {upstreams} upstream groups{worker}",
                       path=path, routes=len(new.routes), upstreams=len(new.upstreams), worker=self._worker_label)
         return True

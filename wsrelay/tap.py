@@ -48,7 +48,8 @@ def makeService(options: Options) -> IService:
         if options["check"]:
             from wsrelay.service import check
 
-            check(config)  # TLS files, cipher lists, CA files, the access log
+            for warning in check(config):  # TLS files, cipher lists, CA files, the access log, secrets
+                sys.stderr.write(f"wsrelay: warning: {warning}\n")
     except configmod.ConfigError as e:
         raise _fail(str(e)) from None
     if options["check"]:

@@ -15,11 +15,14 @@ Server side, per TLS listener (:class:`ServerContexts`):
   :meth:`ServerContexts.use` swaps them in on reload (new handshakes get the new certificates, open
   connections keep theirs).
 
-Loading (:func:`load_certificates`, :func:`server_contexts`, :func:`load_upstream_tls`) checks
+Loading (:func:`load_each`, :func:`server_contexts`, :func:`load_upstream_tls`) checks
 everything before anything is used: the files exist and are PEM, the key opens (with its password)
 and matches the certificate, the certificate is within its validity period, ``tls_ciphers``
 selects a cipher, every ``tls_ca`` holds PEM certificates.  Each problem is a ConfigError naming
-the section, key and file.
+the section, key and file.  One bad certificate does not stop the others: it is left out (on a
+reload its running version stays, if still valid) and :func:`report` logs it; only a TLS listener
+left with no usable certificate is an error.  ``--check`` is strict: any bad certificate fails it.
+A private key file its group or others can access gets a warning.
 
 Upstream side (:func:`client_creator`): the upstream's certificate is verified against the system
 trust store or ``tls_ca``, its name checked with service-identity, SNI sent; ``tls_verify = off``
@@ -46,7 +49,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrelay import values as V
-from wsrelay.config import Certificate, Config, ConfigError, Server, ServerTLS, Upstream
+from wsrelay.config import Certificate, Config, ConfigError, Listener, Server, ServerTLS, Upstream
+from wsrelay.sticky import loose_mode
 
 GROUPS = b"X25519:P-256:P-384"
 _log = Logger()
@@ -125,6 +129,80 @@ def load_certificate(cert: Certificate, config_path: str, now: datetime.datetime
 def load_certificates(certs: Mapping[str, Certificate], config_path: str) -> dict[str, LoadedCertificate]:
     """Load every certificate of a configuration (all or nothing)."""
     return {name: load_certificate(cert, config_path) for name, cert in certs.items()}
+
+
+@attrs.frozen
+class CertificateLoad:
+    """The certificates of one configuration load: the usable ones, and why the others are not."""
+
+    loaded: Mapping[str, LoadedCertificate]
+    problems: Mapping[str, ConfigError]  # certificate name -> why its files cannot be used
+    kept: frozenset[str]  # problems whose running version stays in service (a reload)
+    warnings: tuple[str, ...]  # private keys others can read
+
+
+def _valid(cert: LoadedCertificate, now: datetime.datetime) -> bool:
+    return cert.chain[0].not_valid_before_utc <= now <= cert.chain[0].not_valid_after_utc
+
+
+def load_each(certs: Mapping[str, Certificate], config_path: str,
+              previous: Mapping[str, LoadedCertificate] | None = None,
+              now: datetime.datetime | None = None) -> CertificateLoad:
+    """Load each certificate on its own; a bad one is a problem, not an error for the others.
+    ``previous``: the certificates in service (a reload), whose still-valid version stays in
+    service in place of a bad new one of the same name."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    loaded: dict[str, LoadedCertificate] = {}
+    problems: dict[str, ConfigError] = {}
+    kept: set[str] = set()
+    warnings: list[str] = []
+    for name, cert in certs.items():
+        try:
+            loaded[name] = load_certificate(cert, config_path, now)
+        except ConfigError as e:
+            problems[name] = e
+            old = (previous or {}).get(name)
+            if old is not None and _valid(old, now):
+                loaded[name] = old
+                kept.add(name)
+            continue
+        warning = loose_mode(cert.key_file)
+        if warning:
+            warnings.append(f"{config_path}: [certificate {name}] key: private key {warning}")
+    return CertificateLoad(loaded=loaded, problems=problems, kept=frozenset(kept), warnings=tuple(warnings))
+
+
+def report(load: CertificateLoad) -> None:
+    """Log each certificate left out or kept, and each key file others can read (one line each)."""
+    for name, problem in load.problems.items():
+        if name in load.kept:
+            _log.error("certificate not reloaded, its running version stays in service: {error}", error=str(problem))
+        else:
+            _log.error("certificate not in service (the listener's other certificates serve): {error}",
+                       error=str(problem))
+    for warning in load.warnings:
+        _log.warn("{warning}", warning=warning)
+
+
+def usable_tls(listener: Listener, loaded: Mapping[str, Any], problems: Mapping[str, ConfigError],
+               config_path: str) -> ServerTLS:
+    """The TLS settings of ``listener`` with only its usable certificates; a bad default gives way
+    to the first usable one.  ConfigError (the first problem) if none is usable."""
+    tls = listener.tls
+    assert tls is not None
+    usable = tuple(name for name in tls.certificates if name in loaded)
+    if not usable:
+        first = problems.get(tls.certificates[0])
+        message = first.message if first is not None else "not loaded"
+        raise ConfigError(config_path, first.section if first else f"certificate {tls.certificates[0]}",
+                          first.key if first else None,
+                          f"{message}; [listener {listener.name}] has no usable certificate")
+    if usable == tls.certificates:
+        return tls
+    default = tls.default_certificate
+    if default is not None and default not in usable:
+        default = usable[0]
+    return attrs.evolve(tls, certificates=usable, default_certificate=default)
 
 
 def _set_groups(ctx: SSL.Context) -> None:
@@ -214,8 +292,10 @@ class SNIContexts:
         connection.set_context(ctx)
 
 
-def server_contexts(config: Config, loaded: Mapping[str, LoadedCertificate]) -> dict[str, SNIContexts]:
-    """Build the contexts of every TLS listener of ``config``; ConfigError for a bad ``tls_ciphers``."""
+def server_contexts(config: Config, loaded: Mapping[str, LoadedCertificate],
+                    problems: Mapping[str, ConfigError] | None = None) -> dict[str, SNIContexts]:
+    """Build the contexts of every TLS listener of ``config`` from its usable certificates;
+    ConfigError for a bad ``tls_ciphers`` or a listener with no usable certificate."""
     result = {}
     for listener in config.listeners:
         if listener.tls is None:
@@ -226,7 +306,8 @@ def server_contexts(config: Config, loaded: Mapping[str, LoadedCertificate]) -> 
             raise ConfigError(config.path, f"listener {listener.name}", "tls_ciphers",
                               f"{listener.tls.ciphers!r} selects no cipher OpenSSL knows"
                               " (see 'openssl ciphers -v STRING')") from None
-        result[listener.name] = SNIContexts(listener.name, listener.tls, loaded)
+        tls = usable_tls(listener, loaded, problems or {}, config.path)
+        result[listener.name] = SNIContexts(listener.name, tls, loaded)
     return result
 
 
@@ -275,7 +356,7 @@ class _Unverified:
 
     def __init__(self, hostname: str) -> None:
         self._options = tssl.CertificateOptions(verify=False, acceptableProtocols=[b"http/1.1"])
-        self._sni = None if V.is_ip(hostname) else hostname.encode("idna")
+        self._sni = None if V.is_ip(hostname) else hostname.encode("ascii")  # A-labels (values.py)
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection = SSL.Connection(self._options.getContext(), None)

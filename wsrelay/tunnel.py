@@ -204,7 +204,7 @@ class Tunnel(Upgrade):
             self.handshake_refused(head, rest, "not a 101")
             return
         self.lease.success()
-        self.open_tunnel(response_head(head, self.lease.set_cookie()), rest)
+        self.open_tunnel(response_head(head, self.lease.set_cookie(secure=self.scheme == "https")), rest)
 
     def open_tunnel(self, head: bytes, first: bytes) -> None:
         taken = self.take_over(lambda transport: _ClientSide(self))

@@ -321,7 +321,7 @@ class Upgrade:
             headers.addRawHeader(name, value)
         if answer.status in NO_BODY_CODES:
             headers.removeHeader(b"content-length")
-        cookie = self.lease.set_cookie() if self.lease is not None else None
+        cookie = self.lease.set_cookie(secure=self.scheme == "https") if self.lease is not None else None
         if cookie is not None:
             headers.addRawHeader(b"set-cookie", cookie)
 

@@ -2,6 +2,13 @@
 ``ValueError`` with a message for the user (``config.py`` adds the file, section and key).
 
 Pure functions, no I/O (file names are made absolute, not opened).
+
+Every value that later reaches the wire (host names, ``Host`` values, TLS server names, request
+targets) is checked here for what the wire code needs and converted once to the form it sends:
+ASCII, no control bytes, IDNA A-labels, IPv6 literals in their compressed lower-case form.  So
+the rest of wsrelay can ``encode("ascii")`` a configured name and hand it to Twisted, OpenSSL or
+service-identity without a check of its own (and a configuration that passes ``--check`` does
+not fail at request time).
 """
 
 from __future__ import annotations
@@ -10,6 +17,9 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable
+from urllib.parse import unquote_to_bytes
+
+import idna
 
 from wsrelay.headers import SPOOFABLE
 
@@ -109,25 +119,98 @@ def host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-_HOSTNAME = re.compile(r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
-
-
-def host_patterns(text: str) -> tuple[str, ...]:
-    hosts = tuple(h.lower().rstrip(".") for h in words(text))
-    for host in hosts:
-        if host == "*":
-            raise ValueError("'*' matches every host: leave 'host' out instead")
-        if not _HOSTNAME.match(host) and not is_ip(host.strip("[]")):
-            raise ValueError(f"{host!r} is not a host name, '*.domain' wildcard or IP address")
-    return hosts
+def ip_literal(text: str) -> str | None:
+    """The canonical form of an IP address (IPv6: compressed, lower-case, no brackets), or None
+    if ``text`` is not one.  IPv6 may be written in brackets, IPv4 may not."""
+    bracketed = text.startswith("[") and text.endswith("]")
+    try:
+        address = ipaddress.ip_address(text[1:-1] if bracketed else text)
+    except ValueError:
+        return None
+    if bracketed and address.version != 6:
+        return None
+    return str(address)
 
 
 def is_ip(text: str) -> bool:
+    return ip_literal(text) is not None
+
+
+# A host label as clients may send it in Host (RFC 3986 reg-name): letters, digits, '-' and '_'.
+_LOOSE_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+def host_name(text: str, *, underscore: bool = False) -> str:
+    """A DNS host name in the ASCII form wsrelay sends and compares: lower-case, international
+    labels as IDNA A-labels (``bücher.example`` -> ``xn--bcher-kva.example``), no trailing dot.
+
+    By default the name must be one Twisted can resolve and OpenSSL and service-identity can use
+    as a TLS server name (IDNA 2008, which Twisted applies: letters, digits and inner hyphens).
+    ``underscore``: also take ASCII labels with ``_``, valid in a ``Host`` value but never
+    resolved or verified by wsrelay.
+    """
+    value = text.strip()
+    name = value[:-1] if value.endswith(".") else value
+    if not name or any(ord(c) < 0x21 or ord(c) == 0x7F for c in name):
+        raise ValueError(f"{text!r} is not a host name")
     try:
-        ipaddress.ip_address(text)
+        ascii_name = idna.encode(name, uts46=True).decode("ascii")
+        idna.encode(ascii_name)  # what Twisted does with it: must not fail at connect time
+    except (idna.IDNAError, UnicodeError) as e:
+        lowered = name.lower()
+        if underscore and name.isascii() and all(
+                _LOOSE_LABEL.match(label) and not label.startswith("xn--") for label in lowered.split(".")):
+            ascii_name = lowered
+        elif "_" in name and not underscore:
+            raise ValueError(f"{text!r}: '_' is not allowed in a host name that is resolved or used as a"
+                             " TLS server name (letters, digits and '-' only)") from None
+        else:
+            raise ValueError(f"{text!r} is not a valid host name ({e})") from None
+    if re.fullmatch(r"[0-9.]+", ascii_name):
+        raise ValueError(f"{text!r} is neither an IPv4 address nor a host name")
+    return ascii_name
+
+
+def server_host(text: str) -> str:
+    """The host of an upstream server: an IP address (IPv6 in brackets) or a host name that
+    Twisted can resolve and TLS can verify, in canonical ASCII form (IPv6 without brackets)."""
+    ip = ip_literal(text)
+    if ip is not None:
+        return ip
+    if text.startswith("["):
+        raise ValueError(f"{text!r} is not an IPv6 address")
+    return host_name(text)
+
+
+def tls_server_name(text: str) -> str:
+    """``tls_server_name``: the name sent as SNI and verified in the upstream's certificate."""
+    value = text.strip()
+    ip = ip_literal(value)
+    if ip is not None:
+        return ip
+    if "*" in value or ":" in value or "/" in value:
+        raise ValueError(f"{text!r} is not a host name (no wildcard, port or path)")
+    return host_name(value)
+
+
+def _host_pattern(host: str) -> str:
+    if host == "*":
+        raise ValueError("'*' matches every host: leave 'host' out instead")
+    ip = ip_literal(host)
+    if ip is not None:
+        return ip  # the form routing.normalize_host gives a Host header's IP literal
+    wildcard = host.startswith("*.")
+    try:
+        name = host_name(host[2:] if wildcard else host, underscore=True)
     except ValueError:
-        return False
-    return True
+        raise ValueError(f"{host!r} is not a host name, '*.domain' wildcard or IP address") from None
+    return "*." + name if wildcard else name
+
+
+def host_patterns(text: str) -> tuple[str, ...]:
+    """Host names, ``*.domain`` wildcards and IP addresses, as compared with a normalised
+    ``Host`` or SNI name: lower-case ASCII (A-labels), IPv6 compressed and without brackets."""
+    return tuple(_host_pattern(h) for h in words(text))
 
 
 def status_set(text: str) -> frozenset[int]:
@@ -142,6 +225,7 @@ def status_set(text: str) -> frozenset[int]:
 
 
 def origins(text: str) -> tuple[str, ...]:
+    """Origins as browsers serialise them (RFC 6454): scheme://host[:port], the host in ASCII."""
     listed = words(text)
     if not listed:
         raise ValueError("give '*' or one or more origins such as https://example.com")
@@ -149,10 +233,18 @@ def origins(text: str) -> tuple[str, ...]:
         if len(listed) > 1:
             raise ValueError("'*' allows every origin: do not list others beside it")
         return ("*",)
+    result = []
     for origin in listed:
-        if not re.match(r"^https?://[^/\s]+$", origin, re.IGNORECASE):
+        m = re.match(r"^(https?)://(\[[^\]/]*\]|[^:/\[\]]+)(:\d{1,5})?$", origin, re.IGNORECASE)
+        if not m:
             raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
-    return tuple(o.lower() for o in listed)
+        ip = ip_literal(m.group(2))
+        try:
+            host = host_for_url(ip) if ip is not None else host_name(m.group(2), underscore=True)
+        except ValueError as e:
+            raise ValueError(f"{origin!r}: {e}") from None
+        result.append(f"{m.group(1).lower()}://{host}{m.group(3) or ''}")
+    return tuple(result)
 
 
 def endpoint(text: str) -> str:
@@ -177,16 +269,38 @@ def endpoints(text: str) -> tuple[str, ...]:
     return values
 
 
+def _controls(value: str) -> bool:
+    return any(c.isspace() or ord(c) < 0x21 or ord(c) == 0x7F for c in value)
+
+
 def route_path(text: str) -> tuple[str, bool]:
+    """A route's path in the form requests are matched in (``routing.normalize_path``):
+    percent-decoded, each byte one character (non-ASCII is taken as UTF-8).  A path that no
+    normalised request path can equal (dot segments, repeated slashes, NUL) is refused."""
     value = text.strip()
     exact = value.startswith("=")
     if exact:
         value = value[1:].strip()
     if not value.startswith("/"):
         raise ValueError(f"{text!r} is not a path: it must start with '/' (or '=/' for exact)")
-    if any(c.isspace() or ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+    if _controls(value):
         raise ValueError(f"{text!r}: a path may not contain spaces or control characters")
-    return value, exact
+    decoded = unquote_to_bytes(value.encode("utf-8"))
+    if any(b < 0x20 or b == 0x7F for b in decoded):
+        raise ValueError(f"{text!r}: a path may not hold an encoded control character")
+    segments = decoded.split(b"/")[1:]
+    if b"//" in decoded or any(s in (b".", b"..") for s in segments):
+        raise ValueError(f"{text!r} would never match: requests are matched after '.' and '..' are"
+                         " resolved and repeated slashes merged")
+    return decoded.decode("latin-1"), exact
+
+
+def request_target(text: str) -> str:
+    """A path (and query) wsrelay sends in a request line: ASCII, non-ASCII characters
+    percent-encoded as UTF-8 (as browsers do), no spaces, controls or fragment."""
+    if not text.startswith("/") or _controls(text) or "#" in text:
+        raise ValueError(f"{text!r} is not a path (examples: /healthz, ws:/socket)")
+    return "".join(c if c.isascii() else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in text)
 
 
 def health_check(text: str) -> tuple[str, bool] | None:
@@ -198,20 +312,27 @@ def health_check(text: str) -> tuple[str, bool] | None:
     if m:
         websocket = m.group(1).lower() == "ws"
         value = m.group(2)
-    if not value.startswith("/") or any(c.isspace() for c in value):
-        raise ValueError(f"{text!r} is not a path (examples: /healthz, ws:/socket)")
-    return value, websocket
+    return request_target(value), websocket
 
 
 def host_header(text: str) -> str | None:
+    """``pass``, ``upstream``, or a fixed host[:port] (international names as A-labels)."""
     value = text.strip()
     if value.lower() in {"pass", "$host", "$http_host"}:
         return None
     if value.lower() in {"upstream", "$upstream", "$proxy_host"}:
         return "$upstream"
-    if not re.match(r"^[A-Za-z0-9.\-\[\]:_]+$", value):
+    m = re.match(r"^(\[[^\]]*\]|[^:\[\]]+)(?::(\d{1,5}))?$", value)
+    if not m or (m.group(2) is not None and not 1 <= int(m.group(2)) <= 65535):
         raise ValueError(f"{text!r} is not 'pass', 'upstream' or a host[:port]")
-    return value
+    ip = ip_literal(m.group(1))
+    if ip is None and m.group(1).startswith("["):
+        raise ValueError(f"{text!r}: {m.group(1)!r} is not an IPv6 address")
+    try:
+        host = host_for_url(ip) if ip is not None else host_name(m.group(1), underscore=True)
+    except ValueError as e:
+        raise ValueError(f"{text!r} is not 'pass', 'upstream' or a host[:port]: {e}") from None
+    return host + (f":{m.group(2)}" if m.group(2) else "")
 
 
 def tls_version(text: str) -> str:
@@ -258,6 +379,14 @@ def workers(text: str) -> int:
 
 def password(text: str) -> str:
     return text.strip()
+
+
+def secret(text: str) -> str:
+    """A secret key given in the file (``sticky_secret``): at least 16 bytes."""
+    value = text.strip()
+    if len(value.encode("utf-8")) < 16:
+        raise ValueError("is too short: give at least 16 characters (e.g. 'openssl rand -base64 32')")
+    return value
 
 
 # Mozilla "intermediate" TLS <= 1.2 suites (TLS 1.3 suites are OpenSSL's defaults).

@@ -485,7 +485,7 @@ class _Pair(Upgrade):
                     or key in {b"date", b"server", b"content-length"}):
                 continue
             extra.setdefault(name.strip().decode("latin-1"), []).append(value.strip().decode("latin-1"))
-        cookie = self.lease.set_cookie() if self.lease is not None else None
+        cookie = self.lease.set_cookie(secure=self.scheme == "https") if self.lease is not None else None
         if cookie is not None:
             extra.setdefault("Set-Cookie", []).append(cookie.decode("latin-1"))
         return (chosen, extra) if extra else chosen
