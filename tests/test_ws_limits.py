@@ -3,10 +3,15 @@ not read (and the pause reasons behind them), inflation of compressed messages."
 
 from __future__ import annotations
 
+import struct
+import tracemalloc
+import zlib
+
 from twisted.test import iosim
 
-from tests.test_websocket import Harness, RawClient, frame, handshake, parse_frames
+from tests.test_websocket import Harness, RawClient, RawUpstream, frame, handshake, parse_frames
 from wsrelay.flow import OWN_FULL, PEER_FULL, BufferWatch, ReadGate
+from wsrelay.inflate import INFLATE_STEP
 
 KiB = 1024
 
@@ -149,3 +154,92 @@ def test_client_that_never_reads_is_still_dropped_by_its_ping_timeout() -> None:
     h.advance(4)
     assert client.lost and not h.gateway.live
     assert h.upstreams[-1].close()[2] == 1001
+
+
+# -- inflation ------------------------------------------------------------------------------
+
+GiB = 1024 * 1024 * KiB
+
+
+def deflate_bomb(size: int) -> bytes:
+    """A permessage-deflate payload (RFC 7692: raw deflate, sync flush, trailer cut) of ``size`` zeros."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros = bytes(1024 * KiB)
+    parts = [c.compress(zeros) for _ in range(size // len(zeros))]
+    parts.append(c.flush(zlib.Z_SYNC_FLUSH))
+    return b"".join(parts)[:-4]
+
+
+class CountingUpstream(RawUpstream):
+    """A raw upstream that counts what it receives after the handshake instead of keeping it."""
+
+    octets = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.request:
+            super().dataReceived(data)
+            self.octets, self.received = len(self.received), b""
+        else:
+            self.octets += len(data)
+
+
+def test_compressed_bomb_with_no_message_limit_is_inflated_in_bounded_steps() -> None:
+    """ws_max_message_size = 0 (no limit): a 1 MiB compressed message that inflates to 1 GiB is
+    inflated a step at a time and streamed upstream as frames.  While the upstream does not read,
+    wsrelay stops inflating after a buffer's worth; memory stays within a few MiB (tracemalloc)
+    until the whole GiB has reached the upstream, and the pair stays open."""
+    h = Harness("ws_max_message_size = 0\nws_max_frame_size = 0")
+    h.transport_type = BufferedTransport
+    client = h.raw_client(handshake(extra=[b"Sec-WebSocket-Protocol: chat",
+                                           b"Sec-WebSocket-Extensions: permessage-deflate"]))
+    upstream = CountingUpstream()
+    toward_upstream = h.accept_raw(upstream)
+    assert b"permessage-deflate" in client.head
+    bomb = deflate_bomb(GiB)
+    assert len(bomb) < 2 * 1024 * KiB
+    message = bytearray(frame(2, bomb))
+    message[0] |= 0x40  # RSV1: compressed
+    toward_upstream.stalled = True
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        client.transport.write(bytes(message))
+        del message, bomb
+        h.settle()
+        held = toward_upstream.pending()
+        assert held <= toward_upstream.bufferSize + 2 * INFLATE_STEP, f"{held} bytes inflated toward the upstream"
+        toward_upstream.stalled = False
+        for _ in range(100000):
+            if not any([p.pump() for p in h.pumps]):
+                break
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert upstream.octets > GiB
+    assert peak < 16 * 1024 * KiB, f"peak {peak // KiB} KiB while inflating"
+    assert h.gateway.live and not client.lost
+
+
+def test_compressed_message_over_the_limit_gets_1009_after_a_bounded_inflation() -> None:
+    """With a limit, a compressed message that inflates past it gets 1009 (the upstream 1001), and
+    no more than the limit and a step was inflated."""
+    h = Harness("ws_max_message_size = 1M\nws_max_frame_size = 1M")
+    client = h.raw_client(handshake(extra=[b"Sec-WebSocket-Extensions: permessage-deflate"]))
+    upstream = h.accept_upstream()
+    message = bytearray(frame(2, deflate_bomb(64 * 1024 * KiB)))
+    message[0] |= 0x40
+    client.transport.write(bytes(message))
+    h.settle()
+    assert client.frames[-1][1:] == (8, struct.pack("!H", 1009) + client.frames[-1][2][2:])
+    assert upstream.close()[2] == 1001
+
+
+def test_a_watch_paused_again_while_resuming_keeps_its_remaining_holds() -> None:
+    """A reader resumed by a drained buffer may fill it again at once: the holds not yet released
+    stay held (each gate's reasons match the buffer's state)."""
+    first = ReadGate(lambda: None, lambda: watch.pauseProducing())
+    second = ReadGate(lambda: None, lambda: None)
+    watch = BufferWatch([(first, PEER_FULL), (second, OWN_FULL)])
+    watch.pauseProducing()
+    watch.resumeProducing()
+    assert first.reasons == {PEER_FULL} and second.reasons == {OWN_FULL}

@@ -68,13 +68,18 @@ class BufferWatch:
 
     def __init__(self, holds: Sequence[tuple[ReadGate, str]]) -> None:
         self.holds = tuple(holds)
+        self.full = False
 
     def pauseProducing(self) -> None:
+        self.full = True
         for gate, reason in self.holds:
             gate.hold(reason)
 
     def resumeProducing(self) -> None:
+        self.full = False
         for gate, reason in self.holds:
+            if self.full:
+                return  # a resumed reader filled the buffer again: the other holds stay
             gate.release(reason)
 
     def stopProducing(self) -> None:

@@ -68,6 +68,7 @@ from wsrelay.config import Route, Upstream
 from wsrelay.errors import CLOSE_GOING_AWAY, BadGateway
 from wsrelay.flow import OWN_FULL, PEER_FULL, BufferWatch, ReadGate
 from wsrelay.handshake import HANDSHAKE_FIELDS, check_handshake
+from wsrelay.inflate import SteppedInflate
 from wsrelay.metrics import WebSocketMetrics
 from wsrelay.relay import (
     CLIENT,
@@ -98,7 +99,7 @@ def _accept_deflate_response(response: Any) -> Any:
     return None
 
 
-class _Leg:
+class _Leg(SteppedInflate):
     """Mixin for both legs: feeds Autobahn's frame-level events to the relay, performs its actions.
 
     Autobahn's own message buffering is bypassed (``onMessageFrameData`` does not call the base),
@@ -127,6 +128,10 @@ class _Leg:
     def resume_reading(self) -> None:
         if self.transport is not None:  # type: ignore[attr-defined]
             self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self.resume_inflation()
+
+    def inflate_must_wait(self) -> bool:
+        return self.gate is not None and self.gate.paused
 
     # -- receiving (Autobahn callbacks) ------------------------------------------------------
 
