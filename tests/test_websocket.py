@@ -951,13 +951,14 @@ def test_access_log_line_and_lease_released_at_close() -> None:
 
 
 def test_transports_cross_registered_as_producers() -> None:
-    """Each leg's transport has a producer that pauses the other leg's reading."""
+    """Each leg's transport has a producer that pauses the other leg's reading (and its own)."""
     h = Harness()
     client, upstream = open_pair(h)
     pair = next(iter(h.gateway.live))
     client_t, upstream_t = pair.client_leg.transport, pair.upstream_leg.transport
-    assert client_t.producer.leg is pair.upstream_leg and client_t.streamingProducer
-    assert upstream_t.producer.leg is pair.client_leg
+    assert client_t.streamingProducer and upstream_t.streamingProducer
+    assert [g for g, _ in client_t.producer.holds] == [pair.upstream_leg.gate, pair.client_leg.gate]
+    assert [g for g, _ in upstream_t.producer.holds] == [pair.client_leg.gate, pair.upstream_leg.gate]
     client_t.producer.pauseProducing()
     assert pair.upstream_leg.read_paused
     client_t.producer.resumeProducing()

@@ -10,10 +10,20 @@ XOR.  In relay mode with small messages that constructor was about 9 % of wsrela
 :class:`SmallMasker` below that; :func:`install` makes Autobahn's WebSocket protocol use it.  Both
 maskers follow Autobahn's interface (``process``, ``pointer``, ``reset``); the payload may come in
 pieces (a frame read in several TCP segments), so the key position carries over between calls.
+
+Masking keys come from the operating system's CSPRNG.  RFC 6455 section 10.3: "the masking key
+MUST be derived from a strong source of entropy, and the masking key for a given frame MUST NOT
+make it simple for a server or a proxy to predict the masking key for a subsequent frame."
+Autobahn draws them from ``random.getrandbits`` (Mersenne Twister: 624 observed keys predict the
+rest); :func:`install` gives its protocol module :data:`KEYS` in place of ``random``, which
+takes each key from a pool of ``os.urandom`` bytes (one system call per 1,024 keys).
 """
 
 from __future__ import annotations
 
+import os
+import random
+import struct
 from typing import Any, Callable
 
 #: Payloads up to this size are masked by :class:`SmallMasker` (measured break-even: 1-2 KiB).
@@ -49,6 +59,44 @@ class SmallMasker:
         return masked.to_bytes(n, "little")
 
 
+#: Bytes of ``os.urandom`` drawn at once for masking keys.
+KEY_POOL = 4096
+_POOL_FORMAT = struct.Struct(f"!{KEY_POOL // 4}I")
+
+
+class MaskKeys:
+    """Stands in for the ``random`` module inside Autobahn's WebSocket protocol: ``getrandbits``
+    (all Autobahn uses it for is a frame's 32-bit masking key) returns bits from ``source``
+    (``os.urandom``), ``seed`` does nothing, anything else is the ``random`` module's."""
+
+    def __init__(self, source: Callable[[int], bytes] = os.urandom) -> None:
+        self.source = source
+        self._keys: list[int] = []  # unused keys of the pool, taken from the end
+
+    def discard(self) -> None:
+        """Forget the unused pool (a forked child must not reuse its parent's keys)."""
+        self._keys = []
+
+    def getrandbits(self, k: int) -> int:
+        if k == 32:
+            keys = self._keys
+            if not keys:
+                keys = self._keys = list(_POOL_FORMAT.unpack(self.source(KEY_POOL)))
+            return keys.pop()
+        n = (k + 7) >> 3
+        return int.from_bytes(self.source(n), "big") >> ((n << 3) - k)
+
+    def seed(self, *args: Any, **kwargs: Any) -> None:
+        """Autobahn reseeds its generator for every factory; there is nothing to seed here."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(random, name)
+
+
+#: The masking keys of every frame wsrelay masks.
+KEYS = MaskKeys()
+os.register_at_fork(after_in_child=KEYS.discard)
+
 _native: Callable[..., Any] | None = None
 
 
@@ -62,10 +110,16 @@ def create_xor_masker(mask: bytes, length: int | None = None) -> Any:
 
 def install() -> None:
     """Make Autobahn's WebSocket protocol (both the server and the client side) build its maskers
-    with :func:`create_xor_masker`.  Idempotent; the rest of Autobahn is untouched."""
+    with :func:`create_xor_masker` and draw its masking keys from :data:`KEYS`.  Idempotent; the
+    rest of Autobahn is untouched.
+
+    Autobahn has no public hook for either: its protocol module calls the module-level names
+    ``create_xor_masker`` and ``random.getrandbits``, so those names are what is replaced.
+    """
     global _native
     from autobahn.websocket import protocol
 
+    protocol.random = KEYS  # type: ignore[attr-defined]
     current = protocol.create_xor_masker
     if current is create_xor_masker:
         return

@@ -22,8 +22,10 @@ Order of events for one client (``relay`` mode):
    the client's handshake with the subprotocol the upstream chose, the upstream's other 101
    headers and the balancer's ``Set-Cookie``.
 4. Messages flow through :class:`wsrelay.relay.Relay` frame by frame; the closing handshake is end
-   to end (a peer's close is answered with the other peer's answer).  Each transport is the
-   other's producer, so a side that stops reading stops wsrelay reading from the other side.
+   to end (a peer's close is answered with the other peer's answer).  A side whose socket
+   buffer is full stops wsrelay reading from the other side (back-pressure) and from that side
+   itself (a peer that pings and never reads gets no unbounded queue of pongs), see
+   :mod:`wsrelay.flow`.
 5. A side lost without a close frame: the other gets 1001 (toward the upstream) or 1011 (toward
    the client; 1014 "bad gateway" would be more precise, but Autobahn-based clients refuse it as
    a protocol error).  Ping timeouts (``ws_ping_interval``/``ws_ping_timeout``, per hop) count as
@@ -37,9 +39,6 @@ A client that leaves while step 2 is pending leaves no upstream connection behin
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from typing import Any
 
 import txaio
@@ -56,25 +55,20 @@ from autobahn.websocket.compress import (
     PerMessageDeflateResponse,
     PerMessageDeflateResponseAccept,
 )
-from autobahn.websocket.protocol import WebSocketProtocol, _url_to_origin
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectingRequest
 from autobahn.websocket.utf8validator import Utf8Validator
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
-from zope.interface import implementer
 
 from wsrelay import headers as H
 from wsrelay import masking
 from wsrelay.config import Route, Upstream
-from wsrelay.errors import (
-    CLOSE_GOING_AWAY,
-    BadGateway,
-    BadRequest,
-    Forbidden,
-    UpgradeRequired,
-)
+from wsrelay.errors import CLOSE_GOING_AWAY, BadGateway
+from wsrelay.flow import OWN_FULL, PEER_FULL, BufferWatch, ReadGate
+from wsrelay.handshake import HANDSHAKE_FIELDS, check_handshake
+from wsrelay.inflate import SteppedInflate
 from wsrelay.metrics import WebSocketMetrics
 from wsrelay.relay import (
     CLIENT,
@@ -92,57 +86,6 @@ from wsrelay.upgrade import CLOSE_HANDSHAKE_TIMEOUT, Upgrade
 
 log = Logger()
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-
-#: Handshake fields each hop negotiates itself; never copied from one hop to the other.
-HANDSHAKE_FIELDS = frozenset({
-    b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions",
-    b"sec-websocket-protocol", b"sec-websocket-accept", b"origin", b"user-agent",
-})
-
-
-def check_handshake(request: Request, route: Route, raw: list[tuple[bytes, bytes]]) -> list[bytes]:
-    """Validate the client's opening handshake (RFC 6455 section 4.2.1); return its subprotocols.
-
-    Everything Autobahn would refuse later is refused here, before an upstream is contacted.
-    """
-    if not route.websocket.enabled:
-        raise Forbidden(f"WebSocket is off on route {route.name}")
-    if request.method != b"GET" or request.clientproto != b"HTTP/1.1":
-        raise BadRequest("a WebSocket handshake must be GET over HTTP/1.1")
-    if b"#" in request.uri:
-        raise BadRequest("a WebSocket URI has no fragment (RFC 6455 section 3)")
-    versions = H.get(raw, b"sec-websocket-version")
-    if [v.strip() for v in versions] != [b"13"]:
-        raise UpgradeRequired(f"unsupported Sec-WebSocket-Version {versions!r}",
-                              headers={b"Sec-WebSocket-Version": b"13"})
-    keys = H.get(raw, b"sec-websocket-key")
-    try:
-        valid_key = len(keys) == 1 and len(base64.b64decode(keys[0].strip(), validate=True)) == 16
-    except (binascii.Error, ValueError):
-        valid_key = False
-    if not valid_key:
-        raise BadRequest("missing or invalid Sec-WebSocket-Key")
-    origins = H.get(raw, b"origin")
-    if len(origins) > 1:
-        raise BadRequest("more than one Origin header")
-    if origins:
-        try:
-            _url_to_origin(origins[0].strip().decode("latin-1"))
-        except ValueError:
-            raise BadRequest(f"invalid Origin {origins[0][:100]!r}") from None
-    allowed = route.websocket.allowed_origins
-    if allowed != ("*",):
-        if not origins or origins[0].strip().lower().decode("latin-1") not in allowed:
-            raise Forbidden(f"Origin {origins[:1]!r} is not allowed on route {route.name}")
-    protocols = [p.strip() for v in H.get(raw, b"sec-websocket-protocol") for p in v.split(b",") if p.strip()]
-    if len(set(protocols)) != len(protocols):
-        raise BadRequest("a subprotocol is offered twice")
-    if any(not _TOKEN.match(p) for p in protocols):
-        raise BadRequest("invalid subprotocol token")
-    return protocols
-
-
 def _accept_deflate(offers: list[Any]) -> Any:
     for offer in offers:
         if isinstance(offer, PerMessageDeflateOffer):
@@ -156,32 +99,7 @@ def _accept_deflate_response(response: Any) -> Any:
     return None
 
 
-@implementer(IPushProducer)
-class _Pauser:
-    """Registered as one transport's producer: pauses and resumes reading from the other leg.
-
-    ``stopProducing`` does nothing on purpose: when one transport dies, the relay closes the other
-    leg with a close frame instead of the bare TCP close Twisted would otherwise do.
-    """
-
-    def __init__(self, leg: _Leg) -> None:
-        self.leg = leg
-
-    def pauseProducing(self) -> None:
-        self.leg.read_paused = True
-        if self.leg.transport is not None:
-            self.leg.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self.leg.read_paused = False
-        if self.leg.transport is not None:
-            self.leg.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        pass
-
-
-class _Leg:
+class _Leg(SteppedInflate):
     """Mixin for both legs: feeds Autobahn's frame-level events to the relay, performs its actions.
 
     Autobahn's own message buffering is bypassed (``onMessageFrameData`` does not call the base),
@@ -192,9 +110,28 @@ class _Leg:
 
     side: str
     pair: _Pair | None = None
-    read_paused = False  # the other leg's transport is full: wsrelay stopped reading this one
+    gate: ReadGate | None = None  # why wsrelay stopped reading this peer (set once both legs are open)
     peer_closed = False  # the peer sent a close frame that waits for the other side's answer
     _in_size = 0
+
+    # -- flow control (see wsrelay.flow) -----------------------------------------------------
+
+    @property
+    def read_paused(self) -> bool:
+        """wsrelay stopped reading this peer because the other side is slow (not this peer's doing)."""
+        return self.gate is not None and PEER_FULL in self.gate.reasons
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:  # type: ignore[attr-defined]
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:  # type: ignore[attr-defined]
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self.resume_inflation()
+
+    def inflate_must_wait(self) -> bool:
+        return self.gate is not None and self.gate.paused
 
     # -- receiving (Autobahn callbacks) ------------------------------------------------------
 
@@ -264,7 +201,8 @@ class _Leg:
     def onAutoPingTimeout(self) -> None:
         if self.read_paused:
             # wsrelay itself stopped reading this peer (the other side is slow): its pong may be
-            # waiting unread.  Not a dead peer; check again later.
+            # waiting unread.  Not a dead peer; check again later.  (A peer that does not read
+            # what wsrelay sends it is not excused: that is its own doing.)
             self.autoPingTimeoutCall = txaio.call_later(self.autoPingTimeout, self.onAutoPingTimeout)  # type: ignore[attr-defined]
             return
         super().onAutoPingTimeout()  # type: ignore[misc]
@@ -516,8 +454,13 @@ class _Pair(Upgrade):
         client, upstream = self.client_leg, self.upstream_leg
         assert client is not None and upstream is not None
         if upstream.transport is not None:
-            client.transport.registerProducer(_Pauser(upstream), True)
-            upstream.transport.registerProducer(_Pauser(client), True)
+            # A transport has one producer, so each one's holds both legs: when its buffer is
+            # full, wsrelay stops reading the other peer (back-pressure) and this peer too (what
+            # it sends makes pongs and close replies toward it, which it does not read).
+            client.gate = ReadGate(client.pause_reading, client.resume_reading)
+            upstream.gate = ReadGate(upstream.pause_reading, upstream.resume_reading)
+            client.transport.registerProducer(BufferWatch([(upstream.gate, PEER_FULL), (client.gate, OWN_FULL)]), True)
+            upstream.transport.registerProducer(BufferWatch([(client.gate, PEER_FULL), (upstream.gate, OWN_FULL)]), True)
         self.now_open()
         self.feed(self.relay.opened(CLIENT))
 

@@ -1,0 +1,68 @@
+"""The client's opening handshake, checked before anything goes upstream (RFC 6455 section 4.2.1).
+
+Pure: a request's method, version, target and header lines in, its subprotocols or an error (with
+its HTTP status) out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from autobahn.websocket.protocol import _url_to_origin
+from twisted.web.server import Request
+
+from wsrelay import headers as H
+from wsrelay.config import Route
+from wsrelay.errors import BadRequest, Forbidden, UpgradeRequired
+
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+#: Handshake fields each hop negotiates itself; never copied from one hop to the other.
+HANDSHAKE_FIELDS = frozenset({
+    b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions",
+    b"sec-websocket-protocol", b"sec-websocket-accept", b"origin", b"user-agent",
+})
+
+
+def check_handshake(request: Request, route: Route, raw: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """Validate the client's opening handshake (RFC 6455 section 4.2.1); return its subprotocols.
+
+    Everything Autobahn would refuse later is refused here, before an upstream is contacted.
+    """
+    if not route.websocket.enabled:
+        raise Forbidden(f"WebSocket is off on route {route.name}")
+    if request.method != b"GET" or request.clientproto != b"HTTP/1.1":
+        raise BadRequest("a WebSocket handshake must be GET over HTTP/1.1")
+    if b"#" in request.uri:
+        raise BadRequest("a WebSocket URI has no fragment (RFC 6455 section 3)")
+    versions = H.get(raw, b"sec-websocket-version")
+    if [v.strip() for v in versions] != [b"13"]:
+        raise UpgradeRequired(f"unsupported Sec-WebSocket-Version {versions!r}",
+                              headers={b"Sec-WebSocket-Version": b"13"})
+    keys = H.get(raw, b"sec-websocket-key")
+    try:
+        valid_key = len(keys) == 1 and len(base64.b64decode(keys[0].strip(), validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid_key = False
+    if not valid_key:
+        raise BadRequest("missing or invalid Sec-WebSocket-Key")
+    origins = H.get(raw, b"origin")
+    if len(origins) > 1:
+        raise BadRequest("more than one Origin header")
+    if origins:
+        try:
+            _url_to_origin(origins[0].strip().decode("latin-1"))
+        except ValueError:
+            raise BadRequest(f"invalid Origin {origins[0][:100]!r}") from None
+    allowed = route.websocket.allowed_origins
+    if allowed != ("*",):
+        if not origins or origins[0].strip().lower().decode("latin-1") not in allowed:
+            raise Forbidden(f"Origin {origins[:1]!r} is not allowed on route {route.name}")
+    protocols = [p.strip() for v in H.get(raw, b"sec-websocket-protocol") for p in v.split(b",") if p.strip()]
+    if len(set(protocols)) != len(protocols):
+        raise BadRequest("a subprotocol is offered twice")
+    if any(not _TOKEN.match(p) for p in protocols):
+        raise BadRequest("invalid subprotocol token")
+    return protocols
