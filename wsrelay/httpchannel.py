@@ -76,6 +76,21 @@ class RelayHTTPChannel(http.HTTPChannel):
         request = self.requests[-1] if self.requests else None
         self.refuse(BadRequest("malformed request (framing or header syntax)"), request)
 
+    def detach(self) -> tuple[Any, bytes] | None:
+        """Give the connection up for a protocol switch (the seam between the HTTP engine and the
+        WebSocket layer): returns the transport and the bytes the client sent after the request
+        being answered, and takes no part in the connection from then on; None when the client has
+        gone (or is going) already."""
+        transport = self.transport
+        if (transport is None or not getattr(transport, "connected", True)
+                or getattr(transport, "disconnecting", False)):
+            return None
+        pending = b"".join(self._dataBuffer)
+        self._dataBuffer = []
+        self.transport = None
+        transport.unregisterProducer()  # this channel was the transport's producer
+        return transport, pending
+
     def allContentReceived(self) -> None:
         # A request refused while its body streamed in (413 on a chunk) may still see its last
         # chunk in the same read: it was answered, so it is never dispatched.

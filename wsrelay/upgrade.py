@@ -342,19 +342,15 @@ class Upgrade:
         """
         request = self.request
         channel = request.channel
-        transport = channel.transport if channel is not None else None
-        if (transport is None or not getattr(transport, "connected", True)
-                or getattr(transport, "disconnecting", False)):
+        detached = channel.detach() if channel is not None else None
+        if detached is None:
             self.client_left_early()
             return None
+        transport, pending = detached
         self.answered = self.taken_over = True
         self.cancel_timer()
         request.wsrelay_websocket = True  # type: ignore[attr-defined]
         protocol = protocol_for(transport)
-        pending = b"".join(channel._dataBuffer)
-        channel._dataBuffer = []
-        channel.transport = None
-        transport.unregisterProducer()  # twisted.web's channel was the transport's producer
         swap_protocol(transport, protocol)
         protocol.makeConnection(transport)
         transport.resumeProducing()
