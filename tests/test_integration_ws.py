@@ -14,7 +14,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
