@@ -7,13 +7,15 @@ path, so tests can assert on what crossed the proxy byte for byte:
 - ``/chunked``: a chunked 200 of three chunks; ``/head``: 200 with Content-Length 5;
 - ``/204``, ``/304``: those statuses; ``/cookies``: two ``Set-Cookie`` lines and hop-by-hop fields;
   ``/hsts``: 200 with a Strict-Transport-Security field of its own;
-- ``/big?N``: N bytes of a known pattern, written with ``send`` and a 1 s timeout so the test learns
-  (``blocked`` event) when the proxy stopped reading;
+- ``/big?N``: N bytes of a known pattern, written with ``send`` and a 1 s timeout; ``blocked`` is
+  set when a send waited that long (only a hint: tests prove back-pressure with
+  ``support.held_back``, from ``big_peer``, the proxy's port on that connection, and ``big_sent``);
 - ``/silent``: never answers; ``/reset``: sends half a Content-Length body, then resets;
   ``/reset-unframed``: 500 bytes of a body with neither Content-Length nor chunking, then a reset;
   ``/close-unframed``: the same body, ended by a clean close; ``/reset-early``: resets at once;
 - ``/early``: answers 403 as soon as it has the request head, before reading the body (as many
-  servers do for 401/403/413 and redirects), then reads and discards the body.
+  servers do for 401/403/413 and redirects), then reads and discards the body until the proxy
+  closes (``early_outcomes`` gets "closed by proxy") or EARLY_GIVE_UP seconds pass ("timed out").
 
 Everything is bounded: ``stop()`` closes the listener and every connection.
 """
@@ -23,9 +25,12 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB
+#: Seconds an /early connection waits for the proxy to close it.
+EARLY_GIVE_UP = 30.0
 
 
 def pattern_bytes(offset: int, size: int) -> bytes:
@@ -48,11 +53,14 @@ class ScriptedUpstream:
     connections: int = 0
     closed_connections: int = 0
     big_sent: int = 0
+    big_peer: int | None = None
     early_closed_by_proxy: int = 0
     blocked: threading.Event = field(default_factory=threading.Event)
     request_seen: threading.Event = field(default_factory=threading.Event)
     connection_closed: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    early_outcomes: list[str] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
 
     def __post_init__(self) -> None:
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -118,16 +126,26 @@ class ScriptedUpstream:
             self.requests.append(Seen(head, rest, 0))
         self.request_seen.set()
         conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nno way")
-        conn.settimeout(5.0)
+        conn.settimeout(EARLY_GIVE_UP)
+        outcome = "closed by proxy"
         try:
             while conn.recv(65536):  # drain until the proxy closes (bounded by the timeout)
                 pass
         except socket.timeout:
-            return
+            outcome = "timed out"
         except OSError:  # reset: closed with unread data
             pass
         with self.lock:
-            self.early_closed_by_proxy += 1
+            if outcome == "closed by proxy":
+                self.early_closed_by_proxy += 1
+        with self.changed:
+            self.early_outcomes.append(outcome)
+            self.changed.notify_all()
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate`` holds after some recorded outcome (``timeout``: safety net)."""
+        with self.changed:
+            return self.changed.wait_for(predicate, timeout)
 
     def _serve(self, conn: socket.socket, number: int) -> None:
         buffer = b""
@@ -190,6 +208,7 @@ class ScriptedUpstream:
             return True
         if path == b"/big":
             size = int(target.split(b"?")[1])
+            self.big_peer = conn.getpeername()[1]
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % size)
             conn.settimeout(1.0)
             sent = 0

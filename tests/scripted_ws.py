@@ -3,8 +3,10 @@
 Behaviour by the last path segment of the request target:
 
 - ``echo``: echoes every message (as one unmasked frame), answers a close with the same code;
-- ``flood?N``: sends N bytes as 1 MiB binary messages with ``send`` and a 1 s timeout, setting
-  ``blocked`` when the proxy stops reading;
+- ``flood?N``: sends N bytes as 1 MiB binary messages (each ``flood_payload``) with ``send`` and a
+  1 s timeout, setting ``blocked`` when a send waited that long (only a hint: tests prove
+  back-pressure with ``support.held_back``, from ``flood_peer``, the proxy's port on that
+  connection, and ``flood_sent``);
 - ``close?CODE``: after the first client message, closes with CODE and reason ``bye``;
 - ``drop``: after the first client message, closes the TCP connection without a close frame;
 - ``status403``: refuses the handshake with 403; ``silent``: never answers the handshake.
@@ -120,7 +122,10 @@ class ScriptedWebSocketUpstream:
     blocked: threading.Event = field(default_factory=threading.Event)
     ended: threading.Event = field(default_factory=threading.Event)
     closed_frame: threading.Event = field(default_factory=threading.Event)
+    handshake_seen: threading.Event = field(default_factory=threading.Event)
     flood_sent: int = 0
+    flood_peer: int | None = None
+    flood_payload: bytes = b""
 
     def __post_init__(self) -> None:
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -158,6 +163,7 @@ class ScriptedWebSocketUpstream:
             buffer += chunk
         head, _, rest = buffer.partition(b"\r\n\r\n")
         self.handshakes.append(head)
+        self.handshake_seen.set()
         target = head.split(b" ")[1]
         name = target.split(b"?")[0].rsplit(b"/", 1)[-1]
         arg = target.split(b"?")[1] if b"?" in target else b""
@@ -180,9 +186,11 @@ class ScriptedWebSocketUpstream:
         reader = FrameReader(conn, rest, answer_pings=True)
         if name == b"flood":
             size = int(arg)
+            self.flood_payload = os.urandom(1 << 20)
+            self.flood_peer = conn.getpeername()[1]
             conn.settimeout(1.0)
             sent = 0
-            block = frame(2, os.urandom(1 << 20))
+            block = frame(2, self.flood_payload)
             total = (size // (1 << 20)) * len(block)
             view = memoryview(block)
             while sent < total:

@@ -8,9 +8,11 @@ the demo upstream.  Every wait has a deadline; every process is ended (SIGTERM, 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -79,6 +81,65 @@ def poll_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: f
             return predicate()
         pause.wait(interval)
     return True
+
+
+def tcp_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:
+    """(bytes written and not yet sent, bytes received and not yet read) of the loopback TCP
+    socket whose local port is ``local_port`` and peer port ``remote_port``, from /proc/net/tcp;
+    None when there is no such socket."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+        if (local, remote) == (local_port, remote_port):
+            tx, rx = fields[4].split(":")
+            return int(tx, 16), int(rx, 16)
+    return None
+
+
+def probe_round_trip(port: int) -> None:
+    """One request wsrelay answers itself (400: no Host): it needs several turns of wsrelay's
+    reactor, and touches no upstream."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+
+
+def held_back(relay_port: int, upstream_port: int, peer_port: int, sent: Callable[[], int],
+              probes: int = 5, timeout: float = 30.0) -> bool:
+    """Wait until wsrelay has provably stopped reading one upstream connection (back-pressure),
+    with ``timeout`` as a safety net only; False if that never happened.
+
+    The proof is a socket state, not a pause of some length: the upstream has bytes it cannot send
+    (its send queue is not empty), wsrelay has bytes it has not read (its receive queue is not
+    empty), and across ``probes`` round trips through wsrelay's reactor (each needs it to run)
+    neither queue nor the upstream's count of what it sent (``sent()``) changes by one byte.
+    A wsrelay that kept reading, however slowly, would change them.  ``peer_port()`` is wsrelay's
+    port on that connection, as the upstream saw it."""
+    def state() -> tuple[object, ...]:
+        return tcp_queues(upstream_port, peer_port), tcp_queues(peer_port, upstream_port), sent()
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = state()
+        for _ in range(probes):
+            probe_round_trip(relay_port)
+        after = state()
+        upstream_side, relay_side, _ = before
+        if (before == after and upstream_side is not None and relay_side is not None
+                and upstream_side[0] > 0 and relay_side[1] > 0):
+            return True
+    return False
+
+
+def digest_of_repeats(block: bytes, times: int) -> str:
+    """SHA-256 of ``block`` repeated ``times`` times, without building the whole."""
+    h = hashlib.sha256()
+    for _ in range(times):
+        h.update(block)
+    return h.hexdigest()
 
 
 class Process:

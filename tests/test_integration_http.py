@@ -3,6 +3,7 @@ records the exact bytes it receives."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import re
 import signal
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.scripted_upstream import ScriptedUpstream, pattern_bytes
-from tests.support import RelayProcess, poll_until
+from tests.scripted_upstream import EARLY_GIVE_UP, PATTERN, ScriptedUpstream, pattern_bytes
+from tests.support import RelayProcess, digest_of_repeats, held_back, poll_until
 
 MiB = 1024 * 1024
 
@@ -170,7 +171,11 @@ def test_upstream_answers_early_before_reading_the_body(relay: RelayProcess, ups
     for _ in range(3):
         response = request(relay.port, "POST", "/early", body=pattern_bytes(0, 4 * MiB - 1))
         assert (response.status, response.read()) == (403, b"no way")
-    assert poll_until(lambda: upstream.early_closed_by_proxy == 3, timeout=4)  # the upstream waits 5 s
+    # Each /early connection ends one of two ways, decided by the upstream alone: wsrelay closes it,
+    # or the upstream gives up after EARLY_GIVE_UP seconds.  Wait for the three outcomes.
+    assert upstream.wait_until(lambda: len(upstream.early_outcomes) == 3, timeout=EARLY_GIVE_UP + 30)
+    assert upstream.early_outcomes == ["closed by proxy"] * 3
+    assert upstream.early_closed_by_proxy == 3
     response = request(relay.port, "POST", "/echo", body=b"after")
     assert (response.status, response.read()) == (200, b"ok")
     assert upstream.requests[-1].body == b"after"
@@ -181,14 +186,18 @@ def test_upstream_answers_early_before_reading_the_body(relay: RelayProcess, ups
 
 
 def test_slow_client_pauses_upstream_and_memory_stays_bounded(relay: RelayProcess, upstream: ScriptedUpstream) -> None:
-    """A 64 MiB response to a client that stops reading: the upstream is paused, RSS grows < 16 MiB,
-    and every byte arrives intact once the client reads again."""
+    """A 64 MiB response to a client that stops reading: wsrelay stops reading the upstream, RSS
+    grows < 16 MiB, and every byte arrives intact once the client reads again (a digest of all
+    64 MiB is compared)."""
     size = 64 * MiB
     baseline = relay.rss_kib()
     with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         s.sendall(b"GET /big?%d HTTP/1.1\r\nHost: a\r\n\r\n" % size)
         assert upstream.blocked.wait(30), "the upstream was never paused"
+        assert upstream.big_peer is not None
+        assert held_back(relay.port, upstream.port, upstream.big_peer, lambda: upstream.big_sent), \
+            f"wsrelay kept reading the upstream ({upstream.big_sent} bytes sent)"
         assert upstream.big_sent < size // 2
         grown = relay.rss_kib() - baseline
         assert grown < 16 * 1024, f"wsrelay grew by {grown} KiB"
@@ -199,14 +208,17 @@ def test_slow_client_pauses_upstream_and_memory_stays_bounded(relay: RelayProces
         assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: %d" % size in head
         got = len(rest)
         check = rest
+        digest = hashlib.sha256(rest)
         while got < size:
             chunk = s.recv(1 << 20)
             assert chunk, "connection ended early"
             if len(check) < MiB:
                 check += chunk
             got += len(chunk)
+            digest.update(chunk)
         assert got == size
         assert check[:MiB] == pattern_bytes(0, MiB)
+        assert digest.hexdigest() == digest_of_repeats(PATTERN, size // len(PATTERN)), "the body differs"
     assert relay.rss_kib() - baseline < 16 * 1024
 
 
@@ -295,12 +307,18 @@ def test_body_ended_by_a_clean_close_is_complete(relay: RelayProcess) -> None:
     assert (response.status, response.read()) == (200, b"y" * 500)
 
 
-def test_client_leaving_cancels_the_upstream_request(relay: RelayProcess, upstream: ScriptedUpstream) -> None:
-    """A client that disconnects while the upstream is still working makes wsrelay drop that request."""
+def test_client_leaving_cancels_the_upstream_request(upstream: ScriptedUpstream,
+                                                    start_relay: Callable[..., RelayProcess]) -> None:
+    """A client that disconnects while the upstream is still working makes wsrelay drop that request.
+
+    read_timeout is a minute here and the wait for the upstream connection to end half of that: a
+    close seen at all cannot be the timeout's, however slow the machine."""
+    relay = start_relay(config(upstream.port).replace("read_timeout = 2s", "read_timeout = 60s"))
     with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as s:
         s.sendall(b"GET /silent HTTP/1.1\r\nHost: a\r\n\r\n")
         assert upstream.request_seen.wait(10)
-    assert upstream.connection_closed.wait(1.5)  # well before the 2 s read_timeout
+    assert upstream.connection_closed.wait(30)  # well before the 60 s read_timeout
+    assert not any("no response within read_timeout" in line for line in relay.output.lines)
 
 
 def test_retry_on_next_server_when_connect_fails(upstream: ScriptedUpstream,

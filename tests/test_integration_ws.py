@@ -14,7 +14,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +24,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.support import ROOT, RelayProcess, UpstreamProcess
+from tests.support import ROOT, RelayProcess, UpstreamProcess, held_back
 
 MiB = 1 << 20
 
@@ -83,8 +82,12 @@ class ScriptedUpstream:
         self.requests: list[Any] = []
         self.closes: list[tuple[int | None, str]] = []
         self.closed = asyncio.Event()  # set at the first recorded close
+        self.closes_by_path: dict[str, list[tuple[int | None, str]]] = {}
+        self.recorded = asyncio.Condition()
         self.sent = 0
         self.connections = 0
+        self.flood_peer: int | None = None  # wsrelay's port on the /flood/ connection
+        self.flood_started = asyncio.Event()
 
     async def handler(self, ws: ServerConnection) -> None:
         self.connections += 1
@@ -92,6 +95,8 @@ class ScriptedUpstream:
         path = ws.request.path
         try:
             if path.startswith("/flood/"):
+                self.flood_peer = ws.remote_address[1]
+                self.flood_started.set()
                 for i in range(int(path.rsplit("/", 1)[1])):
                     await ws.send(bytes([i % 256]) * MiB)
                     self.sent += 1
@@ -110,16 +115,26 @@ class ScriptedUpstream:
                 await ws.wait_closed()
                 self.closes.append((ws.close_code, ws.close_reason))
                 self.closed.set()
+                async with self.recorded:
+                    self.closes_by_path.setdefault(path, []).append((ws.close_code, ws.close_reason))
+                    self.recorded.notify_all()
 
     async def first_close(self, timeout: float = 5.0) -> tuple[int | None, str]:
         """How the first connection that ended ended; waits for it at most ``timeout`` seconds."""
         await asyncio.wait_for(self.closed.wait(), timeout)
         return self.closes[0]
 
+    async def close_of(self, path: str, timeout: float = 10.0) -> tuple[int | None, str]:
+        """How the first connection to ``path`` ended; waits for it at most ``timeout`` seconds."""
+        async with self.recorded:
+            await asyncio.wait_for(self.recorded.wait_for(lambda: path in self.closes_by_path), timeout)
+        return self.closes_by_path[path][0]
+
     async def start(self) -> int:
         self.server = await serve(self.handler, "127.0.0.1", 0, compression=None, ping_interval=None,
                                   max_size=None, select_subprotocol=lambda ws, offered: offered[-1] if offered else None)
-        return self.server.sockets[0].getsockname()[1]
+        self.port: int = self.server.sockets[0].getsockname()[1]
+        return self.port
 
 
 async def with_relay(start_relay: Callable[..., RelayProcess], body: Callable[..., Any],
@@ -143,7 +158,8 @@ def url(relay: RelayProcess, path: str) -> str:
 
 def test_websockets_client_through_real_relay_to_demo(demo_upstream: UpstreamProcess,
                                                       start_relay: Callable[..., RelayProcess]) -> None:
-    """The websockets library: subprotocol, text/binary, a 5 MiB message, deflate toward the client."""
+    """The websockets library: subprotocol, text/binary, a 5 MiB message, deflate toward the client;
+    the client's close (4001) is answered by the demo upstream itself (1000), through wsrelay."""
     relay = start_relay(relay_config(demo_upstream.port))
 
     async def go() -> None:
@@ -158,6 +174,9 @@ def test_websockets_client_through_real_relay_to_demo(demo_upstream: UpstreamPro
                 assert await ws.recv() == message
             await ws.close(4001, "done")
             assert ws.close_code in (1000, 4001)
+            # The closing handshake is end to end: the 4001 goes to the demo, whose Autobahn answers
+            # every close with 1000 and no reason; a 4001 here would be wsrelay answering for it.
+            assert (ws.close_code, ws.close_reason) == (1000, "")
 
     run(go())
     relay.output.wait_for(r'"GET /ws/echo\?x=1 HTTP/1.1" 101 ', timeout=10)
@@ -353,23 +372,28 @@ def test_oversized_message_gets_1009(start_relay: Callable[..., RelayProcess]) -
 
 
 def test_silent_client_dropped_by_ping_and_idle_timeout(start_relay: Callable[..., RelayProcess]) -> None:
-    """A client that never answers pings is dropped; an idle pair is closed with 1001 close frames."""
+    """A client that never answers pings is dropped for that reason (wsrelay's log says so); an
+    idle pair is closed with 1001 close frames, to the client and to the upstream."""
 
     async def body(relay: RelayProcess, upstream: ScriptedUpstream) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
         writer.write(raw_handshake("/ping/wait"))
         await reader.readuntil(b"\r\n\r\n")
-        started = time.monotonic()
+        mark = len(relay.output.lines)
         assert (await asyncio.wait_for(reader.readexactly(1), 5))[0] == 0x89  # wsrelay pings
         try:
             await asyncio.wait_for(reader.read(), 10)  # until wsrelay drops the silent client
         except ConnectionResetError:
             pass
-        assert time.monotonic() - started < 6
-        async with connect(url(relay, "/echo"), proxy=None) as ws:
+        # Why it was dropped: the ping timeout, and nothing else.
+        await asyncio.to_thread(relay.output.wait_for, r"route /ping/: client connection lost "
+                                r"\(.*WebSocket ping timeout \(peer did not respond with pong in time\)", 10, mark)
+        assert (await upstream.close_of("/ping/wait"))[0] == 1001  # the upstream is told the client went
+        async with connect(url(relay, "/wait"), proxy=None) as ws:
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 10)
             assert (ws.close_code, ws.close_reason) == (1001, "idle timeout")
+        assert await upstream.close_of("/wait") == (1001, "idle timeout")
 
     run(with_relay(start_relay, body, extra="ws_idle_timeout = 1500ms\n"
                    "[route /ping/]\nupstream = up\nws_ping_interval = 2s\nws_ping_timeout = 1s"))
@@ -391,20 +415,20 @@ def test_shutdown_sends_1001(start_relay: Callable[..., RelayProcess]) -> None:
 
 
 def test_slow_client_backpressure_bounds_memory(start_relay: Callable[..., RelayProcess]) -> None:
-    """64 MiB toward a client that does not read raise wsrelay's RSS by < 16 MiB; nothing is lost."""
+    """64 MiB toward a client that does not read: wsrelay stops reading the upstream, its RSS grows
+    by < 16 MiB (from before the flood), and every message arrives whole and unchanged."""
 
     async def body(relay: RelayProcess, upstream: ScriptedUpstream) -> None:
+        before = relay.rss_kib()  # before the flood starts
         reader, writer = await asyncio.open_connection("127.0.0.1", relay.port, limit=65536)
         writer.write(raw_handshake("/flood/64"))
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101")
-        before = relay.rss_kib()
-        # Wait until the upstream is blocked: nothing more sent for a second.
-        last, still = -1, 0.0
-        while still < 1.0:
-            await asyncio.sleep(0.2)
-            still = still + 0.2 if upstream.sent == last else 0.0
-            last = upstream.sent
+        await asyncio.wait_for(upstream.flood_started.wait(), 10)
+        assert upstream.flood_peer is not None
+        # Blocked is a socket state, proven while the upstream keeps trying (support.held_back).
+        assert await asyncio.to_thread(held_back, relay.port, upstream.port, upstream.flood_peer,
+                                       lambda: upstream.sent), f"wsrelay kept reading ({upstream.sent} MiB sent)"
         assert upstream.sent < 48, "wsrelay kept reading the upstream"
         growth = relay.rss_kib() - before
         assert growth < 16 * 1024, f"RSS grew by {growth} KiB"
@@ -415,6 +439,7 @@ def test_slow_client_backpressure_bounds_memory(start_relay: Callable[..., Relay
                 payload += more
                 fin = more_fin
             assert opcode == 2 and len(payload) == MiB and payload[0] == payload[-1] == i % 256, i
+            assert payload == bytes([i % 256]) * MiB, f"message {i} differs from what the upstream sent"
         assert upstream.sent == 64
         writer.close()
 

@@ -59,17 +59,21 @@ def test_handshake_goes_upstream_end_to_end_and_101_comes_back_without_hop_by_ho
 
 
 def test_bytes_copied_unchanged_both_ways() -> None:
-    """Whatever follows the 101 is copied byte for byte, RSV bits and odd framing included."""
+    """Whatever follows the 101 is copied byte for byte, RSV bits and odd framing included: every
+    byte of a 70,000-byte frame each way is compared, not just a prefix and a length."""
     h = Harness(TUNNEL)
     early = frame(1, b"from upstream right after 101", mask=False)
     client, upstream = open_tunnel(h, after=early)
     odd = bytes([0xC1, 0x85]) + b"\x01\x02\x03\x04" + b"abcde"  # RSV1 set, as deflate would
-    client.transport.write(odd + frame(2, b"\x00" * 70000))
-    upstream.transport.write(frame(2, b"\xff" * 100, mask=False))
+    up_bytes = odd + frame(2, bytes(range(256)) * 273 + b"end")  # masked: 70,000 bytes of payload
+    down_bytes = frame(2, bytes(range(255, -1, -1)) * 273 + b"END", mask=False) + frame(2, b"\xff" * 100, mask=False)
+    client.transport.write(up_bytes)
+    upstream.transport.write(down_bytes)
     h.settle()
     assert upstream.received == odd + upstream.received[len(odd):]
-    assert len(upstream.received) == len(odd) + len(frame(2, b"\x00" * 70000))
-    assert client.received.partition(b"\r\n\r\n")[2] == early + frame(2, b"\xff" * 100, mask=False)
+    assert len(upstream.received) == len(up_bytes)
+    assert upstream.received == up_bytes
+    assert client.received.partition(b"\r\n\r\n")[2] == early + down_bytes
 
 
 def test_pipelined_bytes_reach_upstream_after_handshake() -> None:

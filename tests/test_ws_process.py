@@ -14,7 +14,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.scripted_ws import ScriptedWebSocketUpstream, client_handshake, frame
-from tests.support import RelayProcess
+from tests.support import RelayProcess, held_back
 
 MiB = 1024 * 1024
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -191,20 +191,20 @@ retries = 0
     assert run(status("/silent")) == 504
 
 
-def test_client_leaving_during_upstream_handshake_leaves_nothing(relay: RelayProcess,
-                                                                 wsup: ScriptedWebSocketUpstream) -> None:
-    """A client that disconnects while the upstream handshake is pending: wsrelay closes the upstream."""
+def test_client_leaving_during_upstream_handshake_leaves_nothing(wsup: ScriptedWebSocketUpstream,
+                                                                 start_relay: Callable[..., RelayProcess]) -> None:
+    """A client that disconnects while the upstream handshake is pending: wsrelay closes the upstream.
+
+    ws_handshake_timeout is a minute here and the wait for the upstream connection to end half of
+    that: a close seen at all cannot be the timeout's, however slow the machine."""
+    relay = start_relay(config(wsup.port).replace("ws_handshake_timeout = 2s", "ws_handshake_timeout = 60s"))
     with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as s:
         s.sendall(b"GET /silent HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   b"Sec-WebSocket-Key: " + KEY.encode() + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        while not wsup.handshakes:
-            assert wsup.connections < 2
-            s.settimeout(0.05)
-            try:
-                s.recv(1)
-            except socket.timeout:
-                pass
-    assert wsup.ended.wait(1.5)  # before the 2 s handshake timeout
+        assert wsup.handshake_seen.wait(10)  # the upstream has the handshake: now the client leaves
+        assert wsup.connections < 2
+    assert wsup.ended.wait(30)  # well before the 60 s handshake timeout
+    assert wsup.connections == 1
 
 
 @pytest.mark.parametrize("headers, status, expect", [
@@ -258,25 +258,43 @@ def test_protocol_error_gets_1002_and_affects_only_its_pair(relay: RelayProcess)
     run(go())
 
 
-def test_slow_client_backpressure_bounds_memory(wsup: ScriptedWebSocketUpstream, relay: RelayProcess) -> None:
-    """An upstream sending 64 MiB to a client that does not read: wsrelay stops reading the upstream,
-    its RSS grows < 16 MiB, and all 64 MiB arrive once the client reads."""
+def slow_client_backpressure(relay: RelayProcess, wsup: ScriptedWebSocketUpstream, target: str) -> None:
+    """An upstream sends 64 MiB (64 messages of 1 MiB) to a client that does not read: wsrelay stops
+    reading the upstream, its RSS grows < 16 MiB, and every message arrives intact, in full."""
     size = 64 * MiB
     baseline = relay.rss_kib()
     with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        head, reader = client_handshake(s, f"/flood?{size}", handshake_headers())
+        head, reader = client_handshake(s, f"{target}?{size}", handshake_headers())
         assert head.startswith(b"HTTP/1.1 101")
         assert wsup.blocked.wait(30), "the upstream was never paused"
+        assert wsup.flood_peer is not None
+        assert held_back(relay.port, wsup.port, wsup.flood_peer, lambda: wsup.flood_sent), \
+            f"wsrelay kept reading the upstream ({wsup.flood_sent} bytes sent)"
         assert wsup.flood_sent < size // 2
         grown = relay.rss_kib() - baseline
         assert grown < 16 * 1024, f"wsrelay grew by {grown} KiB"
         got = 0
-        while got < size:
+        for i in range(size // MiB):
             opcode, payload = reader.message()
             assert opcode == 2
+            assert payload == wsup.flood_payload, f"message {i} differs from what the upstream sent"
             got += len(payload)
         assert got == size
+
+
+def test_slow_client_backpressure_bounds_memory(wsup: ScriptedWebSocketUpstream, relay: RelayProcess) -> None:
+    """Relay mode: an upstream sending 64 MiB to a client that does not read: wsrelay stops reading
+    the upstream, its RSS grows < 16 MiB, and all 64 MiB arrive intact once the client reads."""
+    slow_client_backpressure(relay, wsup, "/flood")
+
+
+def test_tunnel_slow_client_backpressure_bounds_memory(wsup: ScriptedWebSocketUpstream,
+                                                       start_relay: Callable[..., RelayProcess]) -> None:
+    """Tunnel mode through the real process: the same 64 MiB toward a client that does not read:
+    wsrelay stops reading the upstream, its RSS grows < 16 MiB, and all 64 MiB arrive intact."""
+    relay = start_relay(config(wsup.port) + "[route /bulk/]\nupstream = ws\nws_mode = tunnel\n")
+    slow_client_backpressure(relay, wsup, "/bulk/flood")
 
 
 def test_tunnel_mode_copies_bytes_and_closes_on_idle(relay: RelayProcess, wsup: ScriptedWebSocketUpstream) -> None:
@@ -314,7 +332,7 @@ def test_relay_idle_timeout_and_ping(wsup: ScriptedWebSocketUpstream, start_rela
     assert wsup.closes_received[0][:2] == struct.pack("!H", 1001)
 
 
-def test_websocket_access_log_and_demo_through_real_process(relay: RelayProcess) -> None:
+def test_websocket_access_log_line_through_real_process(relay: RelayProcess) -> None:
     """A relayed WebSocket gets one access-log line with status 101 and its upstream."""
     async def go() -> None:
         async with websockets.connect(f"ws://127.0.0.1:{relay.port}/echo") as ws:
