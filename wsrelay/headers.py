@@ -11,6 +11,7 @@ names, plus the well-known ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trail
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Iterable, Sequence
 
@@ -138,10 +139,26 @@ def request_to_upstream(
       no ``for=``, and ``X-Forwarded-For`` passes on as received;
     - ``drop``: further names to leave out (the WebSocket layer drops its own handshake fields).
     """
-    client_host = next(iter(get(headers, b"host")), None)
-    prior_xff = b", ".join(v.strip() for v in get(headers, b"x-forwarded-for") if v.strip())
-    out = strip_hop_by_hop(headers, extra={b"host", b"content-length", *FORWARDED_HEADERS, *drop,
-                                           *(SPOOFABLE - set(passed))})
+    # One pass over the client's fields (this runs for every request).
+    never = _never_forwarded(frozenset(drop), frozenset(passed))
+    client_host: bytes | None = None
+    prior: list[bytes] = []
+    named: set[bytes] = set()  # fields the client's Connection names: hop-by-hop too
+    kept: list[tuple[bytes, bytes, bytes]] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in never:
+            kept.append((name, value, lower))
+        elif lower == b"host":
+            if client_host is None:
+                client_host = value
+        elif lower == b"x-forwarded-for":
+            if value.strip():
+                prior.append(value.strip())
+        elif lower == b"connection":
+            named.update(t.strip().lower() for t in value.split(b","))
+    out = [(name, value) for name, value, lower in kept if lower not in named]
+    prior_xff = b", ".join(prior)
     if host_header is None:
         host = client_host if client_host is not None else upstream_hostport.encode("ascii")
     elif host_header == "$upstream":
@@ -161,6 +178,13 @@ def request_to_upstream(
     if forwarded:
         out.append((b"Forwarded", forwarded_value(client_ip, client_host, scheme)))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _never_forwarded(drop: frozenset[bytes], passed: frozenset[bytes]) -> frozenset[bytes]:
+    """Lower-case names ``request_to_upstream`` never copies from the client's fields."""
+    return frozenset(HOP_BY_HOP | {b"host", b"content-length"} | FORWARDED_HEADERS
+                     | {d.lower() for d in drop} | (SPOOFABLE - passed))
 
 
 def forwarded_value(client_ip: str | None, host: bytes | None, scheme: str) -> bytes:
