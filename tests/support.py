@@ -221,9 +221,9 @@ class RelayProcess(Process):
     """``twistd -n --pidfile= wsrelay --config PATH`` and the URLs it listens on."""
 
     def __init__(self, config_path: Path, *, wait: bool = True, extra: list[str] | None = None,
-                 cwd: Path | None = None, timeout: float = 20.0) -> None:
+                 cwd: Path | None = None, timeout: float = 20.0, env: dict[str, str] | None = None) -> None:
         argv = [TWISTD, "-n", "--pidfile=", "wsrelay", "--config", str(config_path), *(extra or [])]
-        super().__init__(argv, cwd or config_path.parent)
+        super().__init__(argv, cwd or config_path.parent, env)
         self.urls: list[str] = []
         self._next_line = 0
         if wait:

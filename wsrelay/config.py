@@ -453,6 +453,9 @@ class _Builder:
             raise self.error("wsrelay", "listen", "no listener: give 'listen = tcp:PORT' or a [listener NAME] section")
         if glob["sticky_secret"] is not None and glob["sticky_secret_file"] is not None:
             raise self.error("wsrelay", "sticky_secret_file", "give sticky_secret or sticky_secret_file, not both")
+        if glob["workers"] > 1 and any(l.endpoint.lower().startswith("systemd:") for l in listeners):
+            raise self.error("wsrelay", "workers", "socket-activated (systemd:) listeners take one process:"
+                             " run one wsrelay@N service per core instead (README, systemd)")
         upstreams = {name: self.upstream(section, name) for section, name in sections["upstream"]}
         routes = tuple(self.route(section, name, upstreams) for section, name in sections["route"])
         if not routes:

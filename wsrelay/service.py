@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from wsrelay.gateway import Gateway, check_access_log
 from wsrelay.listeners import open_listener
 from wsrelay.site import RelaySite
 from wsrelay.sticky import load_key
+from wsrelay.systemd import Notifier
 from wsrelay.workers import Workers
 
 
@@ -137,10 +139,15 @@ class RelayService(MultiService):
 
     def __init__(self, config: Config, reactor: Any, *, loader: Callable[[str], Config] = configmod.load,
                  handle_signals: bool = False, worker: int | None = None,
-                 port_overrides: dict[str, int] | None = None) -> None:
+                 port_overrides: dict[str, int] | None = None, notifier: Notifier | None = None,
+                 ready_fd: int | None = None) -> None:
         """``worker``: this process is worker N of a master (which bound the ports first);
-        ``port_overrides``: listener name -> the port the master bound (for ``tcp:0`` listeners)."""
+        ``port_overrides``: listener name -> the port the master bound (for ``tcp:0`` listeners);
+        ``notifier``: systemd's (the main process only); ``ready_fd``: where a worker says it listens."""
         super().__init__()
+        self.notifier = notifier or Notifier({}, pid=0)
+        self.ready_fd = ready_fd
+        self.reload_error: str | None = None
         self.reactor = reactor
         self.worker = worker
         self.port_overrides = port_overrides or {}
@@ -218,14 +225,38 @@ class RelayService(MultiService):
                      if hasattr(port.getHost(), "port")}
             self.workers = Workers(self.reactor, self.config.path, self.config.workers - 1, ports)
             self.workers.start()
+        if self.ready_fd is not None:  # a worker: tell the master this one listens
+            try:
+                os.write(self.ready_fd, b"ready\n")
+                os.close(self.ready_fd)
+            except OSError:
+                pass
+        if self.workers is not None:
+            self.workers.when_ready().addCallback(lambda _: self._ready())
+        elif self.worker is None:
+            self._ready()
+
+    def _ready(self) -> None:
+        """Every listener is bound and every worker up: READY=1 (Type=notify), and the timers."""
+        self.log.info("wsrelay ready{worker}", worker=self._worker_label)
+        self.notifier.ready(self.describe())
+        self.notifier.start(self.reactor, self.describe)
+
+    def describe(self) -> str:
+        """A one-line state for systemd's STATUS=."""
+        processes = f", {self.config.workers} processes" if self.workers is not None else ""
+        return f"serving {len(self.ports)} listeners{processes}: {len(self.gateway.live)} open exchanges"
 
     def _on_sighup(self, signum: int, frame: object) -> None:
         self.reactor.callFromThread(self._reload_all)
 
     def _reload_all(self) -> None:
-        self.reload()
+        self.notifier.reloading()
+        reloaded = self.reload()
         if self.workers is not None:
             self.workers.signal(signal.SIGHUP)  # each worker validates and reloads on its own
+        self.notifier.ready(("configuration reloaded; " + self.describe()) if reloaded
+                            else f"reload refused, the running configuration stays in service: {self.reload_error}")
 
     # -- reload -----------------------------------------------------------------------------
 
@@ -257,6 +288,7 @@ class RelayService(MultiService):
         except ConfigError as e:
             if access_log is not None:
                 access_log.close()
+            self.reload_error = str(e)
             self.log.error("reload refused, the running configuration stays in service{worker}: {error}",
                            error=str(e), worker=self._worker_label)
             return False
@@ -283,6 +315,8 @@ class RelayService(MultiService):
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
+        self.notifier.stop()
+        self.notifier.stopping(f"stopping: draining {len(self.gateway.live)} open exchanges")
         yield DeferredList([Deferred.fromCoroutine(_stop(p)) for p in self.ports.values()])
         self.ports.clear()
         self.sites.clear()
@@ -297,6 +331,7 @@ class RelayService(MultiService):
         if workers_stopped is not None:
             yield workers_stopped
         yield super().stopService()
+        self.notifier.close()
         self.log.info("wsrelay stopped{worker}", worker=self._worker_label)
         # twistd ends the process with the terminating signal right after the reactor stops,
         # before buffered log output would be written: flush it now.

@@ -7,6 +7,7 @@ exit status 1 and one line naming the file, section and key: never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from twisted.application.service import IService, Service
@@ -28,6 +29,7 @@ class Options(usage.Options):
         ["config", "c", configmod.DEFAULT_PATH, "The configuration file (INI; see etc/relay.ini)."],
         ["worker", None, None, "Internal: run as worker N of a master wsrelay (workers = N in the config).", int],
         ["ports", None, "{}", "Internal: JSON map of listener name to the port the master bound."],
+        ["ready-fd", None, None, "Internal: a worker writes 'ready' to this descriptor once it listens.", int],
     ]
     optFlags = [
         ["check", "t", "Check the configuration (and its TLS files), print the result, exit 0 or 1 without serving."],
@@ -61,6 +63,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from wsrelay.service import RelayService
+    from wsrelay.systemd import Notifier
 
     worker = options["worker"]
     try:
@@ -69,7 +72,10 @@ def makeService(options: Options) -> IService:
         raise _fail(f"--ports: {options['ports']!r} is not a JSON object of listener names to ports") from None
     try:
         # Loads TLS files and contexts, CA files, opens the access log: ConfigError on a problem.
-        service = RelayService(config, reactor, handle_signals=True, worker=worker, port_overrides=ports)
+        # Only the main process speaks to systemd (NotifyAccess=main); workers get no notifier.
+        notifier = Notifier(os.environ, pid=os.getpid()) if worker is None else None
+        service = RelayService(config, reactor, handle_signals=True, worker=worker, port_overrides=ports,
+                               notifier=notifier, ready_fd=options["ready-fd"])
     except configmod.ConfigError as e:
         raise _fail(str(e)) from None
     if worker is not None:

@@ -31,9 +31,21 @@ log = Logger()
 _TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
 
+#: The descriptor a worker writes ``ready`` to once its listeners are bound.
+READY_FD = 3
+
+
 def worker_argv(config_path: str, index: int, ports: dict[str, int]) -> list[str]:
     return [sys.executable, "-c", _TWISTD, "--nodaemon", "--pidfile=", "wsrelay",
-            "--config", config_path, "--worker", str(index), "--ports", json.dumps(ports)]
+            "--config", config_path, "--worker", str(index), "--ports", json.dumps(ports),
+            "--ready-fd", str(READY_FD)]
+
+
+def worker_environment(environ: dict[str, str]) -> dict[str, str]:
+    """A worker's environment: the master's, less what systemd meant for the main process only."""
+    from wsrelay.systemd import SERVICE_MANAGER_VARIABLES
+
+    return {k: v for k, v in environ.items() if k not in SERVICE_MANAGER_VARIABLES}
 
 
 class _Worker(ProcessProtocol):
@@ -41,6 +53,10 @@ class _Worker(ProcessProtocol):
         self.pool = pool
         self.index = index
         self.ended: Deferred[None] = Deferred()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == READY_FD and b"ready" in data:
+            self.pool._ready(self.index)
 
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(None)
@@ -57,6 +73,8 @@ class Workers:
         self.ports = ports
         self.running: dict[int, tuple[_Worker, Any]] = {}
         self.stopping = False
+        self.ready: set[int] = set()
+        self._all_ready: list[Deferred[None]] = []
 
     def start(self) -> None:
         for index in range(1, self.count + 1):
@@ -68,10 +86,27 @@ class Workers:
         proto = _Worker(self, index)
         transport = self.reactor.spawnProcess(
             proto, sys.executable, worker_argv(self.config_path, index, self.ports),
-            env=dict(os.environ), childFDs={0: "w", 1: 1, 2: 2},
+            env=worker_environment(dict(os.environ)), childFDs={0: "w", 1: 1, 2: 2, READY_FD: "r"},
         )
         self.running[index] = (proto, transport)
         log.info("worker {index} started (pid {pid})", index=index, pid=transport.pid)
+
+    def _ready(self, index: int) -> None:
+        self.ready.add(index)
+        if len(self.ready) >= self.count:
+            waiting, self._all_ready = self._all_ready, []
+            for d in waiting:
+                d.callback(None)
+
+    def when_ready(self) -> Deferred[None]:
+        """Fires once every worker has said its listeners are bound (a worker restarted later
+        says so again, unnoticed)."""
+        d: Deferred[None] = Deferred()
+        if len(self.ready) >= self.count:
+            d.callback(None)
+        else:
+            self._all_ready.append(d)
+        return d
 
     def _ended(self, proto: _Worker, reason: Failure) -> None:
         self.running.pop(proto.index, None)
