@@ -2,7 +2,8 @@
 
 A request passes, in order: request-level checks (a token method; an origin-form target of
 visible ASCII whose path every common parser reads alike, ``routing.normalize_path``; token field
-names and values free of control bytes; one valid ``Host`` on HTTP/1.1), the listener's https
+names and values free of control bytes; one valid ``Host`` on HTTP/1.1), header names with ``_``
+dropped (unless the listener's ``underscores_in_headers``), the listener's https
 redirect (if any), route lookup (404), the route's redirect (if
 any), then goes to the WebSocket gateway (an upgrade request) or the HTTP proxy (anything else).
 Every refusal is a :class:`wsrelay.errors.ProxyError` answered by :func:`answer_error`, so no
@@ -31,6 +32,20 @@ _VALID_HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._\-]+)(:\d{1,5})?$")
 
 def client_address(request: Request) -> str:
     return client_ip(request) or "unix"
+
+
+def drop_underscored(request: Request) -> None:
+    """Remove header fields whose name holds ``_`` (nginx's ``underscores_in_headers off``).
+
+    CGI and WSGI upstreams turn both ``X_Forwarded_For`` and ``X-Forwarded-For`` into
+    ``HTTP_X_FORWARDED_FOR``: passed on, the first would let a client spoof the second, which
+    wsrelay sets.  Dropped here, before dispatch, so neither the HTTP proxy nor the WebSocket
+    handshake ever sends one.
+    """
+    headers = request.requestHeaders
+    names = [name for name, _ in headers.getAllRawHeaders() if b"_" in name]
+    for name in names:
+        headers.removeHeader(name)
 
 
 class RelayResource(Resource):
@@ -75,6 +90,8 @@ class RelayResource(Resource):
         host = hosts[0] if hosts else None
         if host is not None and not _VALID_HOST.match(host):
             raise BadRequest(f"invalid Host header {host[:100]!r}")
+        if not self.listener.underscores_in_headers:
+            drop_underscored(request)
         tls = self.listener.tls
         if tls is not None and tls.hsts_max_age:
             request.responseHeaders.setRawHeaders(
