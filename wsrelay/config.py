@@ -195,6 +195,9 @@ class Config:
     max_header_size: int
     sticky_secret: str | None = attrs.field(default=None, repr=False)  # None: sticky_secret_file or derived
     sticky_secret_file: str | None = None  # read by wsrelay.sticky.load_key at load
+    client_header_timeout: float = 60.0  # the whole request head, from its first byte
+    client_body_timeout: float = 60.0  # between two reads of a request body
+    keepalive_timeout: float = 75.0  # an idle client connection between requests
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,6 +273,9 @@ def _global_keys(base: str) -> dict[str, _Key]:
         "max_request_line": (V.parse_size, "8K"),
         "max_header_size": (V.parse_size, "16K"),
         "underscores_in_headers": (V.parse_bool, "off"),
+        "client_header_timeout": (V.parse_duration, "60s"),
+        "client_body_timeout": (V.parse_duration, "60s"),
+        "keepalive_timeout": (V.parse_duration, "75s"),
         "sticky_secret": (V.secret, ""),
         "sticky_secret_file": (V.file_path(base), ""),
     }
@@ -491,6 +497,9 @@ class _Builder:
             max_header_size=glob["max_header_size"],
             sticky_secret=glob["sticky_secret"],
             sticky_secret_file=glob["sticky_secret_file"],
+            client_header_timeout=glob["client_header_timeout"],
+            client_body_timeout=glob["client_body_timeout"],
+            keepalive_timeout=glob["keepalive_timeout"],
         )
 
     def certificate(self, section: str, name: str) -> Certificate:

@@ -24,10 +24,12 @@ from wsrelay.answers import answer_error, answer_redirect
 from wsrelay.config import Listener
 from wsrelay.errors import BadRequest, NotFound, ProxyError
 from wsrelay.gateway import Gateway
-from wsrelay.httpchannel import RelayHTTPChannel, RelayRequest, client_ip
+from wsrelay.http.channel import RelayChannel
+from wsrelay.http.request import RelayRequest, client_ip
 from wsrelay.routing import normalize_host, normalize_path
 
-_VALID_HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._\-]+)(:\d{1,5})?$")
+#: An IP literal, or a name of non-empty labels (a trailing dot allowed), and an optional port.
+_VALID_HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\.?)(:\d{1,5})?$")
 
 
 def client_address(request: Request) -> str:
@@ -124,9 +126,9 @@ class RelayResource(Resource):
 
 
 class RelaySite(Site):
-    """A listener's site: our channel (limits, errors) and request class, HTTP/1.1 only."""
+    """A listener's site: wsrelay's channel (limits, deadlines, errors) and request class,
+    HTTP/1.1 only."""
 
-    protocol = RelayHTTPChannel
     requestFactory = RelayRequest
 
     def __init__(self, gateway: Gateway, listener: Listener) -> None:
@@ -149,10 +151,8 @@ class RelaySite(Site):
         return [b"http/1.1"]
 
     def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
-        channel = super().buildProtocol(addr)
-        config = self.gateway.runtime.config
-        channel.configure_limits(config.max_request_line, config.max_header_size)
-        return channel
+        # The limits and deadlines of the configuration in force when the connection is made.
+        return RelayChannel(self, self.gateway.runtime.config)
 
     def log(self, request: Request) -> None:
         # The access log is written by the handlers, which know the upstream and timing.
