@@ -25,6 +25,8 @@ setup(
         "service-identity>=24.1",
         "attrs>=23.1",
         "idna>=3.0",  # wsrelay.values: configured names to A-labels, as Twisted encodes them
+        # wsrelay.http: request heads parsed by llhttp (strict, C speed), kept by the uvicorn project
+        "httptools>=0.6",
     ],
     extras_require={
         "test": ["pytest>=8", "kosoku>=0.1", "websockets>=13", "treq>=24.9"],

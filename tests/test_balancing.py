@@ -147,18 +147,62 @@ def test_passive_health_window_and_recovery() -> None:
     assert set(picks(b, 4)) == {1, 2}
 
 
-def test_every_server_down_gives_503_with_retry_after() -> None:
-    """With every server down, NoServerAvailable carries Retry-After until the first comes back."""
+def test_every_server_down_tries_the_one_that_failed_longest_ago() -> None:
+    """With every server taken out by passive health, a request still goes to the server that
+    failed longest ago (not 503 for fail_timeout); a retry of that exchange gets the other one;
+    only when nothing is left to try is the answer 503, with Retry-After until the first returns."""
     b, clock = balancer("127.0.0.1:1 127.0.0.1:2", "max_fails = 1\nfail_timeout = 30s")
     for _ in range(2):
         lease = b.acquire("g", client_ip="x")
         lease.failure("refused")
         lease.release()
         clock.advance(4)
+    assert all(s["down"] for s in b.snapshot()["g"].values())
+    first = b.acquire("g", client_ip="x")
+    assert first.server.port == 1  # down since t=0: failed longest ago
+    first.release()
+    assert b.acquire("g", client_ip="x", exclude={"http://127.0.0.1:1"}).server.port == 2
     with pytest.raises(NoServerAvailable) as info:
-        b.acquire("g", client_ip="x")
+        b.acquire("g", client_ip="x", exclude={"http://127.0.0.1:1", "http://127.0.0.1:2"})
     assert info.value.status == 503
     assert info.value.headers == {b"Retry-After": b"22"}
+
+
+def test_a_server_tried_while_down_is_back_on_success() -> None:
+    """Every server down: the one tried answers, so it is in service again at once."""
+    b, _ = balancer("127.0.0.1:1 127.0.0.1:2", "max_fails = 1\nfail_timeout = 30s")
+    for port in (1, 2):
+        b.acquire("g", client_ip="x", exclude={f"http://127.0.0.1:{3 - port}"}).failure("refused")
+    lease = b.acquire("g", client_ip="x")
+    lease.success()
+    lease.release()
+    snap = b.snapshot()["g"]
+    assert snap[lease.server.key]["down"] is False
+    assert [s["down"] for k, s in snap.items() if k != lease.server.key] == [True]
+
+
+def test_servers_down_by_active_health_are_never_tried() -> None:
+    """The fallback to a passively-down server never picks one the active check marked down."""
+    b, _ = balancer("127.0.0.1:1 127.0.0.1:2", "max_fails = 1")
+    b.acquire("g", client_ip="x", exclude={"http://127.0.0.1:2"}).failure("refused")
+    b.mark_health("g", "http://127.0.0.1:2", False)
+    assert picks(b, 3) == [1, 1, 1]
+    b.mark_health("g", "http://127.0.0.1:1", False)
+    with pytest.raises(NoServerAvailable):
+        b.acquire("g", client_ip="x")
+
+
+def test_the_only_server_of_a_group_is_never_taken_out() -> None:
+    """As nginx: a group of one server keeps it in service whatever its failures (they are
+    counted), so one bad response is not fail_timeout seconds of 503."""
+    b, _ = balancer("127.0.0.1:1", "max_fails = 1\nfail_timeout = 30s")
+    for _ in range(5):
+        lease = b.acquire("g", client_ip="x")
+        lease.failure("read timeout")
+        lease.release()
+    snap = b.snapshot()["g"]["http://127.0.0.1:1"]
+    assert snap["down"] is False and snap["failed"] == 5
+    assert picks(b, 2) == [1, 1]
 
 
 def test_active_health_marks() -> None:
@@ -241,8 +285,8 @@ def test_removed_server_stays_visible_until_drained_and_keeps_its_count_if_readd
 
 def test_snapshot_reports_served_and_failures() -> None:
     """snapshot shows active, served, failures in all and recent failures per server."""
-    b, _ = balancer("127.0.0.1:1")
-    lease = b.acquire("g", client_ip="x")
+    b, _ = balancer("127.0.0.1:1 127.0.0.1:2")
+    lease = b.acquire("g", client_ip="x", exclude={"http://127.0.0.1:2"})
     lease.success()
     lease.failure("read timeout")
     snap = b.snapshot()["g"]["http://127.0.0.1:1"]

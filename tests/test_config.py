@@ -304,3 +304,21 @@ def test_route_paths_match_the_normalised_request_path() -> None:
         assert route is not None and route.name == "/caf\u00e9/", target
     route = router.match(None, normalize_path(b"/a%20b/c"))
     assert route is not None and route.name == "/a%20b/"
+
+
+def test_underscores_in_headers_global_and_per_listener() -> None:
+    """underscores_in_headers: off by default; [wsrelay] sets it for every listener, a
+    [listener NAME] may override it."""
+    listeners = "[listener a]\nendpoint = tcp:1\n[listener b]\nendpoint = tcp:2\nunderscores_in_headers = on\n"
+    cfg = parse(MINIMAL + listeners)
+    assert [l.underscores_in_headers for l in cfg.listeners] == [False, False, True]
+    text = MINIMAL.replace("[wsrelay]\n", "[wsrelay]\nunderscores_in_headers = on\n") + listeners.replace(
+        "underscores_in_headers = on", "underscores_in_headers = off")
+    cfg = parse(text)
+    assert [l.underscores_in_headers for l in cfg.listeners] == [True, True, False]
+
+
+def test_ws_require_origin() -> None:
+    """ws_require_origin: off by default, on when set."""
+    assert parse(MINIMAL).routes[0].websocket.require_origin is False
+    assert parse(MINIMAL + "ws_require_origin = on\n").routes[0].websocket.require_origin is True

@@ -376,3 +376,35 @@ def test_logged_fields_are_escaped_as_nginx_does() -> None:
     line = h.log[-1]
     assert '"GET /y HTTP/1.1" 400 ' in line and '"\\x1B[31mred\\x1B[0m"' in line
     assert "\x1b" not in "".join(h.log) and "\n" not in "".join(h.log)
+
+
+# -- 4. header names with an underscore ------------------------------------------------------------
+
+UNDERSCORED = [b"X_Forwarded_For: 6.6.6.6", b"x_real_ip: 6.6.6.6", b"X-Ok: yes"]
+
+
+@pytest.mark.parametrize("underscores", [False, True])
+def test_underscored_header_names_are_dropped_unless_the_listener_passes_them(underscores: bool) -> None:
+    """X_Forwarded_For (read as X-Forwarded-For by CGI/WSGI upstreams) never reaches the upstream
+    by default; with the listener's underscores_in_headers = on it passes as sent."""
+    h = Harness()
+    h.site.use(attrs.evolve(h.site.listener, underscores_in_headers=underscores))
+    client, upstream = serve(h, get(b"/x", UNDERSCORED))
+    assert status(client) == 200 and upstream is not None
+    head = upstream.requests[0].partition(b"\r\n\r\n")[0]
+    assert header_lines(head, b"x-ok") == [b"yes"]
+    assert header_lines(head, b"x-forwarded-for") == [b"10.1.2.3"]
+    assert (header_lines(head, b"x_forwarded_for") == [b"6.6.6.6"]) is underscores
+    assert (header_lines(head, b"x_real_ip") == [b"6.6.6.6"]) is underscores
+
+
+def test_underscored_header_names_never_reach_a_websocket_upstream() -> None:
+    """The same rule for a WebSocket handshake: the upstream's handshake has no underscored field."""
+    from tests.test_websocket import handshake
+
+    h = Harness()
+    client = h.raw_client(handshake(extra=UNDERSCORED))
+    h.accept_upstream()
+    assert status(client) == 101
+    sent = h.relay_handshake().lower()
+    assert b"x-ok: yes" in sent and b"x_forwarded_for" not in sent and b"x_real_ip" not in sent

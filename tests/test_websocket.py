@@ -613,7 +613,7 @@ def test_bytes_pipelined_after_handshake_are_relayed() -> None:
     (handshake(key=None), "", 400, None),
     (handshake(key=b"short"), "", 400, None),
     (handshake(extra=[b"Origin: https://evil.example"]), "ws_allowed_origins = https://app.example", 403, None),
-    (handshake(), "ws_allowed_origins = https://app.example", 403, None),
+    (handshake(), "ws_allowed_origins = https://app.example\nws_require_origin = on", 403, None),
     (handshake(extra=[b"Sec-WebSocket-Protocol: a, a"]), "", 400, None),
     (handshake(), "websocket = off", 403, None),
 ])
@@ -626,6 +626,17 @@ def test_bad_handshake_refused_before_any_upstream(request_bytes: bytes, extra: 
     if header:
         assert header_lines(client.head, header[0]) == [header[1]]
     assert h.attempts() == 0
+
+
+@pytest.mark.parametrize("extra", ["ws_allowed_origins = https://app.example",
+                                   "ws_allowed_origins = https://app.example\nws_require_origin = off"])
+def test_a_handshake_without_origin_passes_allowed_origins(extra: str) -> None:
+    """With ws_allowed_origins set, a handshake without Origin (not a browser: wscat, an SDK, a
+    server-to-server feed) is let through unless ws_require_origin = on."""
+    h = Harness(extra)
+    client = h.raw_client(handshake())
+    h.accept_upstream()
+    assert status(client) == 101
 
 
 def test_allowed_origin_passes() -> None:

@@ -26,10 +26,15 @@ Rules (a server is *available* when it is healthy, not passively down, and under
 3. Passive health, like nginx: ``max_fails`` failures within ``fail_timeout`` seconds take a server
    out for ``fail_timeout``; then it gets traffic again.  A failure is a connect error, a connect
    or read timeout, or a response status in ``fail_statuses`` (reported by the proxy through
-   ``Lease.failure``).  ``max_fails = 0`` turns passive health off.
+   ``Lease.failure``).  ``max_fails = 0`` turns passive health off.  The only server of a group
+   is never taken out (as nginx): failures are counted, but it keeps its traffic.
 4. Active health (``healthcheck.py``) marks servers up or down through :meth:`Balancer.mark_health`.
-5. When nothing is available, :class:`NoServerAvailable` (503 with ``Retry-After``: the seconds
-   until the first passively-down server returns, at least 1) is raised at once.
+5. When passive health has taken out every server an exchange could use, the one that failed
+   longest ago is tried (a success brings it back at once) rather than refusing every request for
+   ``fail_timeout``.  When nothing can be tried at all (every server excluded by the exchange's
+   earlier attempts, down by active checks or at ``max_conns``), :class:`NoServerAvailable` (503
+   with ``Retry-After``: the seconds until the first passively-down server returns, at least 1)
+   is raised at once.
 
 State is keyed by (group name, ``Server.key``) and survives :meth:`Balancer.configure`, so a
 reload keeps connection counts and health; servers added by a reload are eligible at once; a
@@ -94,8 +99,13 @@ class Lease:
         self.server = state.server
 
     def success(self) -> None:
-        """The upstream answered (with a status not in fail_statuses)."""
-        self._state.served += 1
+        """The upstream answered (with a status not in fail_statuses).  A server tried while
+        passive health had it out (every server was) is back in service at once."""
+        state = self._state
+        state.served += 1
+        if state.down_until:
+            state.down_until = 0.0
+            state.failures.clear()
 
     def failure(self, reason: str) -> None:
         """The attempt failed: connect error, timeout, or a status in fail_statuses."""
@@ -191,7 +201,9 @@ class Balancer:
         failures.append(now)
         while failures and failures[0] <= now - upstream.fail_timeout:
             failures.popleft()
-        if len(failures) >= upstream.max_fails:
+        if len(failures) >= upstream.max_fails and len(upstream.servers) > 1:
+            # As nginx: the only server of a group is never taken out; that would turn one bad
+            # response into fail_timeout seconds of 503 for every request.
             state.down_until = now + upstream.fail_timeout
             failures.clear()
 
@@ -216,6 +228,8 @@ class Balancer:
         candidates = [s for s in states.values() if s.server.key not in exclude and self._available(s, now)]
         primaries = [s for s in candidates if not s.server.backup]
         pool = primaries or [s for s in candidates if s.server.backup]
+        if not pool:
+            pool = self._least_recently_failed(states, exclude, now)
         if not pool:
             raise self._none_available(group, states, now)
         cookie: tuple[str, str] | None = None
@@ -282,6 +296,19 @@ class Balancer:
         order = sorted(states.values(), key=lambda s: _rendezvous(key, s.server), reverse=True)
         available = {id(s) for s in pool}
         return next(s for s in order if id(s) in available)
+
+    def _least_recently_failed(self, states: Mapping[str, ServerState], exclude: Collection[str],
+                               now: float) -> list[ServerState]:
+        """When passive health has taken out every server this exchange could use, the one that
+        failed longest ago (its down_until is the earliest): a try costs one connection, where 503
+        would refuse every request until fail_timeout ends.  Servers down by active health checks,
+        at max_conns or excluded (already tried by this exchange) are never chosen this way."""
+        down = [s for s in states.values()
+                if s.server.key not in exclude and s.down_until > now and s.healthy
+                and (s.server.max_conns == 0 or s.active < s.server.max_conns)]
+        if not down:
+            return []
+        return [min(down, key=lambda s: s.down_until)]
 
     def _none_available(self, group: str, states: Mapping[str, ServerState], now: float) -> NoServerAvailable:
         returning = [s.down_until - now for s in states.values() if s.down_until > now]

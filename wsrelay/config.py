@@ -116,10 +116,11 @@ class WebSocketOptions:
     idle_timeout: float | None  # None: no idle timeout
     max_message_size: int  # 0: unlimited
     max_frame_size: int  # 0: unlimited
-    allowed_origins: tuple[str, ...]  # ("*",): any Origin (and requests with none)
+    allowed_origins: tuple[str, ...]  # ("*",): any Origin; requests with none pass unless require_origin
     handshake_timeout: float
     compression: bool  # permessage-deflate toward clients
     upstream_compression: bool  # permessage-deflate toward upstreams
+    require_origin: bool = False  # True: with allowed_origins set, a handshake without Origin gets 403
 
 
 @attrs.frozen
@@ -175,6 +176,7 @@ class Listener:
     tls: ServerTLS | None
     redirect: int | None  # 301 / 308: every request is redirected to https
     redirect_port: int | None  # port of the https URL; None: 443 (omitted from the URL)
+    underscores_in_headers: bool = False  # False: header names with '_' are dropped (nginx's default)
 
 
 @attrs.frozen
@@ -193,6 +195,9 @@ class Config:
     max_header_size: int
     sticky_secret: str | None = attrs.field(default=None, repr=False)  # None: sticky_secret_file or derived
     sticky_secret_file: str | None = None  # read by wsrelay.sticky.load_key at load
+    client_header_timeout: float = 60.0  # the whole request head, from its first byte
+    client_body_timeout: float = 60.0  # between two reads of a request body
+    keepalive_timeout: float = 75.0  # an idle client connection between requests
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,6 +272,10 @@ def _global_keys(base: str) -> dict[str, _Key]:
         "drain_timeout": (V.parse_duration, "10s"),
         "max_request_line": (V.parse_size, "8K"),
         "max_header_size": (V.parse_size, "16K"),
+        "underscores_in_headers": (V.parse_bool, "off"),
+        "client_header_timeout": (V.parse_duration, "60s"),
+        "client_body_timeout": (V.parse_duration, "60s"),
+        "keepalive_timeout": (V.parse_duration, "75s"),
         "sticky_secret": (V.secret, ""),
         "sticky_secret_file": (V.file_path(base), ""),
     }
@@ -283,6 +292,7 @@ def _listener_keys(base: str) -> dict[str, _Key]:
         "hsts_max_age": (V.parse_optional_duration, "off"),
         "redirect": (V.redirect, "off"),
         "redirect_port": (V.int_range(1, 65535), ""),
+        "underscores_in_headers": (V.parse_bool, ""),  # empty: the [wsrelay] setting
     }
 
 
@@ -338,6 +348,7 @@ def _route_keys(base: str) -> dict[str, _Key]:
         "ws_max_message_size": (V.parse_size, "16M"),
         "ws_max_frame_size": (V.parse_size, "16M"),
         "ws_allowed_origins": (V.origins, "*"),
+        "ws_require_origin": (V.parse_bool, "off"),
         "ws_handshake_timeout": (V.parse_duration, "10s"),
         "ws_compression": (V.parse_bool, "on"),
         "ws_upstream_compression": (V.parse_bool, "off"),
@@ -445,10 +456,12 @@ class _Builder:
             {k: (p(d) if d else None) for k, (p, d) in _global_keys(self.base).items()}
         certificates = {name: self.certificate(section, name) for section, name in sections["certificate"]}
         listeners = [
-            Listener(name=f"listen {i + 1}", endpoint=endpoint, tls=None, redirect=None, redirect_port=None)
+            Listener(name=f"listen {i + 1}", endpoint=endpoint, tls=None, redirect=None, redirect_port=None,
+                     underscores_in_headers=glob["underscores_in_headers"])
             for i, endpoint in enumerate(glob["listen"] or ())
         ]
-        listeners += [self.listener(section, name, certificates) for section, name in sections["listener"]]
+        listeners += [self.listener(section, name, certificates, glob["underscores_in_headers"])
+                      for section, name in sections["listener"]]
         if not listeners:
             raise self.error("wsrelay", "listen", "no listener: give 'listen = tcp:PORT' or a [listener NAME] section")
         if glob["sticky_secret"] is not None and glob["sticky_secret_file"] is not None:
@@ -487,6 +500,9 @@ class _Builder:
             max_header_size=glob["max_header_size"],
             sticky_secret=glob["sticky_secret"],
             sticky_secret_file=glob["sticky_secret_file"],
+            client_header_timeout=glob["client_header_timeout"],
+            client_body_timeout=glob["client_body_timeout"],
+            keepalive_timeout=glob["keepalive_timeout"],
         )
 
     def certificate(self, section: str, name: str) -> Certificate:
@@ -494,7 +510,8 @@ class _Builder:
         return Certificate(name=name, cert_file=v["cert"], key_file=v["key"], password=v["password"],
                            hosts=v["hosts"] or ())
 
-    def listener(self, section: str, name: str, certificates: Mapping[str, Certificate]) -> Listener:
+    def listener(self, section: str, name: str, certificates: Mapping[str, Certificate],
+                 underscores_in_headers: bool = False) -> Listener:
         v = self.values(section, _listener_keys(self.base))
         tls = None
         if v["tls"]:
@@ -518,8 +535,10 @@ class _Builder:
                     raise self.error(section, key, "only applies with 'tls = on'")
         if v["redirect"] is not None and tls is not None:
             raise self.error(section, "redirect", "a TLS listener cannot redirect to https: it is https")
+        underscores = v["underscores_in_headers"]
         return Listener(name=name, endpoint=v["endpoint"], tls=tls, redirect=v["redirect"],
-                        redirect_port=v["redirect_port"])
+                        redirect_port=v["redirect_port"],
+                        underscores_in_headers=underscores_in_headers if underscores is None else underscores)
 
     def upstream(self, section: str, name: str) -> Upstream:
         v = self.values(section, _upstream_keys(self.base))
@@ -575,6 +594,7 @@ class _Builder:
             max_message_size=v["ws_max_message_size"], max_frame_size=v["ws_max_frame_size"],
             allowed_origins=v["ws_allowed_origins"], handshake_timeout=v["ws_handshake_timeout"],
             compression=v["ws_compression"], upstream_compression=v["ws_upstream_compression"],
+            require_origin=v["ws_require_origin"],
         )
         return Route(
             name=name, path=path, exact=exact, hosts=v["host"] or (), upstream=upstream or "",

@@ -68,6 +68,10 @@ class NotFound(ProxyError):
     status, reason = 404, "Not Found"
 
 
+class RequestTimeout(ProxyError):
+    status, reason = 408, "Request Timeout"
+
+
 class PayloadTooLarge(ProxyError):
     status, reason = 413, "Content Too Large"
 
@@ -84,6 +88,12 @@ class HeaderFieldsTooLarge(ProxyError):
     status, reason = 431, "Request Header Fields Too Large"
 
 
+class NotImplementedCoding(ProxyError):
+    """A transfer coding wsrelay does not implement (RFC 9112 section 6.1: 501)."""
+
+    status, reason = 501, "Not Implemented"
+
+
 class BadGateway(ProxyError):
     status, reason = 502, "Bad Gateway"
 
@@ -94,3 +104,7 @@ class ServiceUnavailable(ProxyError):
 
 class GatewayTimeout(ProxyError):
     status, reason = 504, "Gateway Timeout"
+
+
+class VersionNotSupported(ProxyError):
+    status, reason = 505, "HTTP Version Not Supported"

@@ -58,7 +58,12 @@ def check_handshake(request: Request, route: Route, raw: list[tuple[bytes, bytes
             raise BadRequest(f"invalid Origin {origins[0][:100]!r}") from None
     allowed = route.websocket.allowed_origins
     if allowed != ("*",):
-        if not origins or origins[0].strip().lower().decode("latin-1") not in allowed:
+        # Browsers always send Origin, so a handshake without one is not a browser's: refusing
+        # it protects no user and breaks every non-browser client (ws_require_origin does).
+        if not origins:
+            if route.websocket.require_origin:
+                raise Forbidden(f"no Origin, and route {route.name} requires one (ws_require_origin)")
+        elif origins[0].strip().lower().decode("latin-1") not in allowed:
             raise Forbidden(f"Origin {origins[:1]!r} is not allowed on route {route.name}")
     protocols = [p.strip() for v in H.get(raw, b"sec-websocket-protocol") for p in v.split(b",") if p.strip()]
     if len(set(protocols)) != len(protocols):

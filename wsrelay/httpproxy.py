@@ -51,7 +51,7 @@ from wsrelay.answers import answer_error
 from wsrelay.config import Route, Server, Upstream
 from wsrelay.connect import upstream_endpoint
 from wsrelay.errors import BadGateway, GatewayTimeout, PayloadTooLarge, ProxyError
-from wsrelay.httpchannel import client_ip
+from wsrelay.http.request import client_ip
 
 log = Logger()
 

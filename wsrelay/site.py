@@ -2,7 +2,8 @@
 
 A request passes, in order: request-level checks (a token method; an origin-form target of
 visible ASCII whose path every common parser reads alike, ``routing.normalize_path``; token field
-names and values free of control bytes; one valid ``Host`` on HTTP/1.1), the listener's https
+names and values free of control bytes; one valid ``Host`` on HTTP/1.1), header names with ``_``
+dropped (unless the listener's ``underscores_in_headers``), the listener's https
 redirect (if any), route lookup (404), the route's redirect (if
 any), then goes to the WebSocket gateway (an upgrade request) or the HTTP proxy (anything else).
 Every refusal is a :class:`wsrelay.errors.ProxyError` answered by :func:`answer_error`, so no
@@ -23,14 +24,30 @@ from wsrelay.answers import answer_error, answer_redirect
 from wsrelay.config import Listener
 from wsrelay.errors import BadRequest, NotFound, ProxyError
 from wsrelay.gateway import Gateway
-from wsrelay.httpchannel import RelayHTTPChannel, RelayRequest, client_ip
+from wsrelay.http.channel import RelayChannel
+from wsrelay.http.request import RelayRequest, client_ip
 from wsrelay.routing import normalize_host, normalize_path
 
-_VALID_HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._\-]+)(:\d{1,5})?$")
+#: An IP literal, or a name of non-empty labels (a trailing dot allowed), and an optional port.
+_VALID_HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\.?)(:\d{1,5})?$")
 
 
 def client_address(request: Request) -> str:
     return client_ip(request) or "unix"
+
+
+def drop_underscored(request: Request) -> None:
+    """Remove header fields whose name holds ``_`` (nginx's ``underscores_in_headers off``).
+
+    CGI and WSGI upstreams turn both ``X_Forwarded_For`` and ``X-Forwarded-For`` into
+    ``HTTP_X_FORWARDED_FOR``: passed on, the first would let a client spoof the second, which
+    wsrelay sets.  Dropped here, before dispatch, so neither the HTTP proxy nor the WebSocket
+    handshake ever sends one.
+    """
+    headers = request.requestHeaders
+    names = [name for name, _ in headers.getAllRawHeaders() if b"_" in name]
+    for name in names:
+        headers.removeHeader(name)
 
 
 class RelayResource(Resource):
@@ -75,6 +92,8 @@ class RelayResource(Resource):
         host = hosts[0] if hosts else None
         if host is not None and not _VALID_HOST.match(host):
             raise BadRequest(f"invalid Host header {host[:100]!r}")
+        if not self.listener.underscores_in_headers:
+            drop_underscored(request)
         tls = self.listener.tls
         if tls is not None and tls.hsts_max_age:
             request.responseHeaders.setRawHeaders(
@@ -107,9 +126,9 @@ class RelayResource(Resource):
 
 
 class RelaySite(Site):
-    """A listener's site: our channel (limits, errors) and request class, HTTP/1.1 only."""
+    """A listener's site: wsrelay's channel (limits, deadlines, errors) and request class,
+    HTTP/1.1 only."""
 
-    protocol = RelayHTTPChannel
     requestFactory = RelayRequest
 
     def __init__(self, gateway: Gateway, listener: Listener) -> None:
@@ -132,10 +151,8 @@ class RelaySite(Site):
         return [b"http/1.1"]
 
     def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
-        channel = super().buildProtocol(addr)
-        config = self.gateway.runtime.config
-        channel.configure_limits(config.max_request_line, config.max_header_size)
-        return channel
+        # The limits and deadlines of the configuration in force when the connection is made.
+        return RelayChannel(self, self.gateway.runtime.config)
 
     def log(self, request: Request) -> None:
         # The access log is written by the handlers, which know the upstream and timing.

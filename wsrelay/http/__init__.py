@@ -1,0 +1,2 @@
+"""wsrelay's HTTP/1.1 engine: the client-side channel (``channel``), the pure rules it applies to
+request heads (``rules``), and the twisted.web request it hands each request to (``request``)."""

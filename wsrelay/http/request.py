@@ -1,0 +1,109 @@
+"""The twisted.web request of wsrelay's channel: early body-size checks and the access log.
+
+- A body larger than its route's ``max_body_size`` gets 413 as soon as that is known: at the
+  head when ``Content-Length`` says so (before any ``100 Continue``), or while a chunked body
+  streams in; the request is then never dispatched.
+- Every request answered over HTTP gets one access-log line when it ends, including those wsrelay
+  answers itself; a WebSocket takeover logs its own line when the pair closes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.web import server
+
+from wsrelay.accesslog import format_line
+from wsrelay.errors import BadRequest, PayloadTooLarge, ProxyError
+from wsrelay.routing import normalize_host, normalize_path
+
+
+def client_ip(request: Any) -> str | None:
+    """The client's IP address, or None where there is none (a ``unix:`` listener): wsrelay never
+    invents one."""
+    return getattr(request.getClientAddress(), "host", None)
+
+
+class RelayRequest(server.Request):
+    """twisted.web's request with early body-size checks and access logging."""
+
+    #: set by handlers: the upstream server used ("host:port"), or None when wsrelay answered.
+    wsrelay_upstream: str | None = None
+    #: set by the WebSocket gateway on takeover: the pair logs itself.
+    wsrelay_websocket = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wsrelay_started = time.monotonic()
+        self.wsrelay_received = 0
+        self.wsrelay_limit = 0
+        self._logged = False
+        # Kept here: twisted.web drops ``self.channel`` when the request finishes.
+        self._gateway = self.channel.site.gateway
+        self.defaultContentType = None  # never invent a Content-Type for upstream responses
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        if length == 0:
+            return
+        try:
+            self.wsrelay_limit = self._body_limit()
+        except ProxyError:
+            self.wsrelay_limit = 0  # the request is refused later with its proper error
+        if length is not None and self.wsrelay_limit and length > self.wsrelay_limit:
+            self.channel.refuse(PayloadTooLarge(f"Content-Length {length} over the route's limit "
+                                                f"{self.wsrelay_limit}"), self)
+
+    def _body_limit(self) -> int:
+        hosts = self.requestHeaders.getRawHeaders(b"host") or []
+        target = self.channel.target
+        if not target:
+            raise BadRequest("no request target")
+        route = self._gateway.runtime.router.match(normalize_host(hosts[0] if hosts else None),
+                                                   normalize_path(target))
+        return route.max_body_size if route is not None else 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self.wsrelay_received += len(data)
+        if self.wsrelay_limit and self.wsrelay_received > self.wsrelay_limit:
+            self.channel.refuse(PayloadTooLarge(f"body over the route's limit {self.wsrelay_limit}"), self)
+            return
+        self.content.write(data)
+
+    # -- access log ---------------------------------------------------------------------------
+
+    def _log_line(self, status: int, sent: int, *, method: bytes | None = None, target: bytes | None = None,
+                  protocol: bytes | None = None) -> None:
+        if self._logged or self.wsrelay_websocket:
+            return
+        self._logged = True
+        gateway = self._gateway
+        if not gateway.access_log.enabled:
+            return
+        peer = self.getClientAddress()
+        gateway.access_log.write(format_line(
+            client=getattr(peer, "host", "-"), when=time.time(),
+            method=method if method is not None else (self.method or b"-"),
+            target=target if target is not None else (self.uri or b"-"),
+            protocol=protocol or self.clientproto, status=status, sent=sent,
+            referer=self.getHeader(b"referer"), user_agent=self.getHeader(b"user-agent"),
+            upstream=self.wsrelay_upstream, duration=time.monotonic() - self.wsrelay_started,
+        ))
+
+    def log_refusal(self, status: int, sent: int) -> None:
+        """Log a request refused before it was complete (its method and target come from the channel)."""
+        channel = self.channel
+        self._log_line(status, sent, method=getattr(channel, "method", None) or b"-",
+                       target=getattr(channel, "target", None) or b"-",
+                       protocol=getattr(channel, "version", None) or b"HTTP/1.1")
+
+    def finish(self) -> Any:
+        self._log_line(self.code, self.sentLength)
+        return super().finish()
+
+    def connectionLost(self, reason: Any) -> None:
+        # Only requests that reached a handler (requestReceived sets ``path``); the client left.
+        if not self.finished and not self.wsrelay_websocket and getattr(self, "path", None) is not None:
+            self._log_line(499 if self.code == 200 and not self.startedWriting else self.code, self.sentLength)
+        super().connectionLost(reason)
