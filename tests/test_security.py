@@ -408,3 +408,17 @@ def test_underscored_header_names_never_reach_a_websocket_upstream() -> None:
     assert status(client) == 101
     sent = h.relay_handshake().lower()
     assert b"x-ok: yes" in sent and b"x_forwarded_for" not in sent and b"x_real_ip" not in sent
+
+
+def test_empty_lines_before_a_request_cost_linear_time() -> None:
+    """RFC 9112 section 2.2 lets empty lines precede a request; skipping 524,288 of them (1 MiB
+    in one read) is one slice, not one copy of the rest per line (about 275 GB of copying, 4 s
+    of CPU), so a client cannot make wsrelay's work grow with the square of what it sends.  The
+    bound is on this process's CPU time, with a wide margin both ways."""
+    import time as clock
+
+    h = Harness()
+    started = clock.process_time()
+    client, upstream = serve(h, b"\r\n" * 524288 + get(b"/x"))
+    assert clock.process_time() - started < 1.0
+    assert status(client) == 200 and upstream is not None

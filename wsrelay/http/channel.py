@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -38,6 +39,7 @@ from wsrelay.http.chunked import ChunkedDecoder
 log = Logger()
 
 _READING_HEAD, _READING_BODY, _HANDLING, _CLOSED, _DETACHED = range(5)
+_EMPTY_LINES = re.compile(rb"(?:\r\n)*")
 
 
 class RelayChannel(Protocol):
@@ -133,8 +135,8 @@ class RelayChannel(Protocol):
             self._buffer = b""
         elif self.request is None and self._timer_kind == "keepalive":
             self._set_timer(self.header_timeout, self._head_timed_out)  # the first byte of a head
-        while data.startswith(b"\r\n"):  # RFC 9112 section 2.2: empty lines before a request line
-            data = data[2:]
+        if data.startswith(b"\r\n"):  # RFC 9112 section 2.2: empty lines before a request line
+            data = data[_EMPTY_LINES.match(data).end():]  # one slice: linear in what is skipped
         end = data.find(b"\r\n\r\n")
         if end < 0:
             if len(data) > self.max_header_size:
