@@ -177,6 +177,7 @@ class Listener:
     redirect: int | None  # 301 / 308: every request is redirected to https
     redirect_port: int | None  # port of the https URL; None: 443 (omitted from the URL)
     underscores_in_headers: bool = False  # False: header names with '_' are dropped (nginx's default)
+    proxy_protocol: bool = False  # connections start with a PROXY protocol header (v1 or v2)
 
 
 @attrs.frozen
@@ -292,6 +293,7 @@ def _listener_keys(base: str) -> dict[str, _Key]:
         "hsts_max_age": (V.parse_optional_duration, "off"),
         "redirect": (V.redirect, "off"),
         "redirect_port": (V.int_range(1, 65535), ""),
+        "proxy_protocol": (V.parse_bool, "off"),
         "underscores_in_headers": (V.parse_bool, ""),  # empty: the [wsrelay] setting
     }
 
@@ -537,7 +539,7 @@ class _Builder:
             raise self.error(section, "redirect", "a TLS listener cannot redirect to https: it is https")
         underscores = v["underscores_in_headers"]
         return Listener(name=name, endpoint=v["endpoint"], tls=tls, redirect=v["redirect"],
-                        redirect_port=v["redirect_port"],
+                        redirect_port=v["redirect_port"], proxy_protocol=v["proxy_protocol"],
                         underscores_in_headers=underscores_in_headers if underscores is None else underscores)
 
     def upstream(self, section: str, name: str) -> Upstream:

@@ -4,7 +4,8 @@
 ``SO_REUSEPORT`` when several workers share the port, so the kernel spreads connections over
 them) and adopted by the reactor; other endpoint kinds (``unix:``, ``systemd:``) go through
 Twisted's ``serverFromString``.  TLS wraps the site's factory with ``TLSMemoryBIOFactory`` either
-way.  Failures raise :class:`OSError` or :class:`ValueError` with a readable message; the caller
+way, and a listener with ``proxy_protocol`` reads a PROXY protocol header before anything else
+(Twisted's ``proxyEndpoint``).  Failures raise :class:`OSError` or :class:`ValueError` with a readable message; the caller
 turns them into a ConfigError naming the section and key.
 """
 
@@ -14,9 +15,10 @@ import re
 import socket
 from typing import Any
 
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
+from twisted.protocols.haproxy import proxyEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")
@@ -55,22 +57,36 @@ def is_tcp(description: str) -> bool:
 
 
 def open_listener(reactor: Any, description: str, factory: Factory, *, tls_creator: Any = None,
-                  reuse_port: bool = False, port: int | None = None) -> IListeningPort:
+                  reuse_port: bool = False, port: int | None = None, proxy_protocol: bool = False) -> IListeningPort:
     """Listen on ``description`` with ``factory`` (wrapped in TLS if ``tls_creator``).
 
     ``port`` overrides the endpoint's port (workers join the port their master bound).
+    ``proxy_protocol``: every connection starts with a PROXY protocol header (v1 or v2, from an L4
+    load balancer), read before anything else (TLS included); the address it gives is the
+    connection's peer from then on.  A connection without a valid header is closed.
     """
     if tls_creator is not None:
         factory = TLSMemoryBIOFactory(tls_creator, False, factory)
-    if not is_tcp(description):
-        result: list[Any] = []
-        serverFromString(reactor, description).listen(factory).addBoth(result.append)
-        if not result:
-            raise ValueError("the endpoint did not start listening")
-        if not IListeningPort.providedBy(result[0]):
-            result[0].raiseException()
-        return result[0]
-    family, configured_port, interface, backlog = parse_tcp(description)
+    endpoint: IStreamServerEndpoint
+    if is_tcp(description):
+        family, configured_port, interface, backlog = parse_tcp(description)
+        fd = _bound_socket(family, interface, configured_port if port is None else port, backlog, reuse_port)
+        endpoint = AdoptedStreamServerEndpoint(reactor, fd, family)  # it closes fd once adopted
+    else:
+        endpoint = serverFromString(reactor, description)
+    if proxy_protocol:
+        endpoint = proxyEndpoint(endpoint)
+    result: list[Any] = []
+    endpoint.listen(factory).addBoth(result.append)  # these endpoints listen at once
+    if not result:
+        raise ValueError("the endpoint did not start listening")
+    if not IListeningPort.providedBy(result[0]):
+        result[0].raiseException()
+    return result[0]
+
+
+def _bound_socket(family: int, interface: str, port: int, backlog: int, reuse_port: bool) -> int:
+    """A listening, non-blocking socket's descriptor (the caller owns it)."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -78,9 +94,10 @@ def open_listener(reactor: Any, description: str, factory: Factory, *, tls_creat
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((interface, configured_port if port is None else port))
+        sock.bind((interface, port))
         sock.listen(backlog)
         sock.setblocking(False)
-        return reactor.adoptStreamPort(sock.fileno(), family, factory)
-    finally:
-        sock.close()  # adoptStreamPort duplicated the descriptor
+    except BaseException:
+        sock.close()
+        raise
+    return sock.detach()

@@ -121,15 +121,20 @@ def check(config: Config) -> list[str]:
 
 def _restart_needed(old: Config, new: Config) -> None:
     """ConfigError if ``new`` changes a kept listener (same name and endpoint) in a way a reload
-    cannot apply: a kept listener keeps its socket, so whether it speaks TLS stays."""
+    cannot apply: a kept listener keeps its socket, so whether it speaks TLS or expects a PROXY
+    protocol header stays."""
     kept = {(l.name, l.endpoint): l for l in old.listeners}
     for listener in new.listeners:
         before = kept.get((listener.name, listener.endpoint))
-        if before is not None and (before.tls is None) != (listener.tls is None):
-            section, _ = _listener_location(new, listener)
-            change = "on to off" if listener.tls is None else "off to on"
-            raise ConfigError(new.path, section, "tls", f"changed from {change}: the listener keeps its socket"
-                              " on reload, restart wsrelay to apply this (or give it a new endpoint)")
+        if before is None:
+            continue
+        for key, was, now in (("tls", before.tls is not None, listener.tls is not None),
+                              ("proxy_protocol", before.proxy_protocol, listener.proxy_protocol)):
+            if was != now:
+                section, _ = _listener_location(new, listener)
+                change = "on to off" if was else "off to on"
+                raise ConfigError(new.path, section, key, f"changed from {change}: the listener keeps its socket"
+                                  " on reload, restart wsrelay to apply this (or give it a new endpoint)")
 
 
 class RelayService(MultiService):
@@ -182,7 +187,7 @@ class RelayService(MultiService):
             port = open_listener(
                 self.reactor, listener.endpoint, site, tls_creator=creator,
                 reuse_port=self.worker is not None or config.workers > 1,
-                port=self.port_overrides.get(listener.name),
+                port=self.port_overrides.get(listener.name), proxy_protocol=listener.proxy_protocol,
             )
         except (OSError, CannotListenError) as e:
             reason = getattr(e, "socketError", None) or e
