@@ -27,6 +27,9 @@ setup(
         "idna>=3.0",  # wsrelay.values: configured names to A-labels, as Twisted encodes them
         # wsrelay.http: request heads parsed by llhttp (strict, C speed), kept by the uvicorn project
         "httptools>=0.6",
+        # wsrelay.admin: the Prometheus text format and its process collector, as every exporter
+        # writes them (escaping, types, HELP lines), rather than a format of our own.
+        "prometheus_client>=0.17",
     ],
     extras_require={
         "test": ["pytest>=8", "kosoku>=0.1", "websockets>=13", "treq>=24.9"],

@@ -181,6 +181,14 @@ class Listener:
 
 
 @attrs.frozen
+class Admin:
+    """The admin listener ([admin]): health, readiness, status and metrics."""
+
+    endpoint: str
+    allow: tuple[Any, ...]  # ipaddress networks; empty: any client
+
+
+@attrs.frozen
 class Config:
     """A whole, validated configuration. Swapped in whole on reload, never mutated."""
 
@@ -199,6 +207,7 @@ class Config:
     client_header_timeout: float = 60.0  # the whole request head, from its first byte
     client_body_timeout: float = 60.0  # between two reads of a request body
     keepalive_timeout: float = 75.0  # an idle client connection between requests
+    admin: Admin | None = None  # None: no admin listener
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,6 +336,13 @@ def _upstream_keys(base: str) -> dict[str, _Key]:
     }
 
 
+def _admin_keys(base: str) -> dict[str, _Key]:
+    return {
+        "endpoint": (lambda t: None if t.strip().lower() in {"", "off", "none"} else V.endpoint(t), "off"),
+        "allow": (V.networks, ""),
+    }
+
+
 def _route_keys(base: str) -> dict[str, _Key]:
     return {
         "path": (V.route_path, ""),
@@ -357,7 +373,8 @@ def _route_keys(base: str) -> dict[str, _Key]:
     }
 
 
-_SECTION_KINDS = ("wsrelay", "listener", "certificate", "upstream", "route")
+_SECTION_KINDS = ("wsrelay", "admin", "listener", "certificate", "upstream", "route")
+_UNNAMED = ("wsrelay", "admin")
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,11 +463,11 @@ class _Builder:
             if kind not in sections:
                 close = difflib.get_close_matches(kind, _SECTION_KINDS, n=1)
                 hint = f"; did you mean [{close[0]} ...]?" if close else ""
-                raise self.error(section, None, f"unknown section (known: [wsrelay], [listener NAME], "
+                raise self.error(section, None, f"unknown section (known: [wsrelay], [admin], [listener NAME], "
                                  f"[certificate NAME], [upstream NAME], [route PATH-or-NAME]){hint}")
-            if kind == "wsrelay" and name:
-                raise self.error(section, None, "the [wsrelay] section takes no name")
-            if kind != "wsrelay" and not name.strip():
+            if kind in _UNNAMED and name:
+                raise self.error(section, None, f"the [{kind}] section takes no name")
+            if kind not in _UNNAMED and not name.strip():
                 raise self.error(section, None, f"a [{kind}] section needs a name: [{kind} NAME]")
             sections[kind].append((section, name.strip()))
 
@@ -505,7 +522,22 @@ class _Builder:
             client_header_timeout=glob["client_header_timeout"],
             client_body_timeout=glob["client_body_timeout"],
             keepalive_timeout=glob["keepalive_timeout"],
+            admin=self.admin(sections["admin"], listeners),
         )
+
+    def admin(self, sections: list[tuple[str, str]], listeners: list[Listener]) -> Admin | None:
+        if not sections:
+            return None
+        section = sections[0][0]
+        v = self.values(section, _admin_keys(self.base))
+        if v["endpoint"] is None:
+            if v["allow"]:
+                raise self.error(section, "allow", "only applies with an endpoint")
+            return None
+        any_port = re.match(r"tcp6?:0(:|$)", v["endpoint"], re.IGNORECASE)  # tcp:0: each gets its own
+        if not any_port and any(l.endpoint == v["endpoint"] for l in listeners):
+            raise self.error(section, "endpoint", "is a proxied listener's endpoint: the admin listener needs its own")
+        return Admin(endpoint=v["endpoint"], allow=v["allow"] or ())
 
     def certificate(self, section: str, name: str) -> Certificate:
         v = self.values(section, _certificate_keys(self.base))
@@ -611,6 +643,7 @@ def describe_keys() -> dict[str, Iterable[str]]:
     """The known keys of each section kind (for documentation tests)."""
     return {
         "wsrelay": _global_keys("."),
+        "admin": _admin_keys("."),
         "listener": _listener_keys("."),
         "certificate": _certificate_keys("."),
         "upstream": _upstream_keys("."),

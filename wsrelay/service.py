@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -48,12 +49,12 @@ def _listener_location(config: Config, listener: Listener) -> tuple[str, str]:
     return f"listener {listener.name}", "endpoint"
 
 
-def _url(port: IListeningPort, listener: Listener) -> str:
+def _url(port: IListeningPort, listener: Listener | None) -> str:
     address = port.getHost()
     host = getattr(address, "host", None)
     if host is None:
         return f"unix:{getattr(address, 'name', '?')}"
-    scheme = "https" if listener.tls is not None else "http"
+    scheme = "https" if listener is not None and listener.tls is not None else "http"
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
     if ":" in shown and not shown.startswith("["):
         shown = f"[{shown}]"
@@ -153,6 +154,13 @@ class RelayService(MultiService):
         self.notifier = notifier or Notifier({}, pid=0)
         self.ready_fd = ready_fd
         self.reload_error: str | None = None
+        # What the admin pages read (wsrelay.admin.State).
+        self.ready = False  # every listener bound, every worker up
+        self.draining = False
+        self.loaded_at = time.time()
+        self.reloads = {"ok": 0, "refused": 0}
+        self.last_reload: float | None = None
+        self.admin_port: IListeningPort | None = None
         self.reactor = reactor
         self.worker = worker
         self.port_overrides = port_overrides or {}
@@ -214,14 +222,35 @@ class RelayService(MultiService):
             self.ports[key] = port
             self.sites[key] = site
 
+    def _start_admin(self) -> None:
+        """The admin listener ([admin] endpoint), in the main process only."""
+        admin = self.config.admin
+        if admin is None or self.worker is not None or self.admin_port is not None:
+            return
+        from wsrelay.admin import admin_site
+
+        try:
+            self.admin_port = open_listener(self.reactor, admin.endpoint, admin_site(self, admin.allow))
+        except (OSError, CannotListenError, ValueError) as e:
+            reason = getattr(getattr(e, "socketError", None) or e, "strerror", None) or e
+            raise ConfigError(self.config.path, "admin", "endpoint",
+                              f"cannot listen on {admin.endpoint!r}: {reason}") from None
+        self.log.info("wsrelay admin listening on {url}", url=_url(self.admin_port, None))
+
+    def certificate_expiry(self) -> dict[str, float]:
+        """When each certificate in service expires (POSIX time), by name."""
+        return {name: loaded.chain[0].not_valid_after_utc.timestamp() for name, loaded in self._tls.loaded.items()}
+
     def privilegedStartService(self) -> None:
         # Bind before privileges are shed (twistd --uid), so ports below 1024 work.
         self._start_listeners(self.config.listeners)
+        self._start_admin()
         super().privilegedStartService()
 
     def startService(self) -> None:
         if not self.ports:
             self._start_listeners(self.config.listeners)
+        self._start_admin()
         super().startService()
         if self.handle_signals:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
@@ -243,6 +272,7 @@ class RelayService(MultiService):
 
     def _ready(self) -> None:
         """Every listener is bound and every worker up: READY=1 (Type=notify), and the timers."""
+        self.ready = True
         self.log.info("wsrelay ready{worker}", worker=self._worker_label)
         self.notifier.ready(self.describe())
         self.notifier.start(self.reactor, self.describe)
@@ -294,12 +324,15 @@ class RelayService(MultiService):
             if access_log is not None:
                 access_log.close()
             self.reload_error = str(e)
+            self.reloads["refused"] += 1
             self.log.error("reload refused, the running configuration stays in service{worker}: {error}",
                            error=str(e), worker=self._worker_label)
             return False
         if new.workers != self.config.workers and self.worker is None:
             self.log.warn("workers changed from {old} to {new}: takes effect at the next restart",
                           old=self.config.workers, new=new.workers)
+        if new.admin != self.config.admin and self.worker is None:
+            self.log.warn("[admin] changed: takes effect at the next restart")
         commit_tls()
         for key, port in old_ports.items():
             if key not in wanted:
@@ -309,6 +342,8 @@ class RelayService(MultiService):
         for key, listener in wanted.items():
             self.sites[key].use(listener)  # redirect, redirect_port, hsts_max_age
         self.gateway.apply(new, access_log, sticky)
+        self.reloads["ok"] += 1
+        self.last_reload = self.loaded_at = time.time()
         self.log.info("configuration reloaded from {path}: {routes} routes, {upstreams} upstream groups{worker}",
                       path=path, routes=len(new.routes), upstreams=len(new.upstreams), worker=self._worker_label)
         return True
@@ -320,6 +355,7 @@ class RelayService(MultiService):
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
+        self.draining = True  # /readyz says 503 from now on
         self.notifier.stop()
         self.notifier.stopping(f"stopping: draining {len(self.gateway.live)} open exchanges")
         yield DeferredList([Deferred.fromCoroutine(_stop(p)) for p in self.ports.values()])
@@ -335,6 +371,9 @@ class RelayService(MultiService):
         self.gateway.close()
         if workers_stopped is not None:
             yield workers_stopped
+        if self.admin_port is not None:  # last: health and readiness answer through the drain
+            yield self.admin_port.stopListening()
+            self.admin_port = None
         yield super().stopService()
         self.notifier.close()
         self.log.info("wsrelay stopped{worker}", worker=self._worker_label)

@@ -115,6 +115,17 @@ def pass_headers(text: str) -> frozenset[bytes]:
     return names
 
 
+def networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Client networks: addresses or CIDR blocks (``127.0.0.1 10.0.0.0/8 ::1``)."""
+    found = []
+    for word in words(text):
+        try:
+            found.append(ipaddress.ip_network(word, strict=False))
+        except ValueError:
+            raise ValueError(f"{word!r} is not an IP address or network (examples: 127.0.0.1, 10.0.0.0/8, ::1)") from None
+    return tuple(found)
+
+
 def host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
