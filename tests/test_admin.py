@@ -128,3 +128,25 @@ def test_allow_list_and_no_route_to_the_admin_pages(demo: UpstreamProcess,
         assert fetch(base + page)[0] == 403, page
     code, _, body = fetch(f"http://127.0.0.1:{relay.port}/metrics")
     assert b"process_resident_memory_bytes" not in body and b"wsrelay_" not in body
+
+
+def test_log_format_json_writes_one_object_per_line(demo: UpstreamProcess, tmp_path: Path) -> None:
+    """log_format = json: every line wsrelay writes is a JSON object with time, level, namespace
+    and message, and an event's plain fields (a refused request's status and client) as keys."""
+    from tests.support import write_config
+
+    path = write_config(tmp_path, config(demo.port).replace("access_log = off", "access_log = off\nlog_format = json"))
+    relay = RelayProcess(path, wait=False)
+    try:
+        line = relay.output.wait_for(r'"message": "wsrelay listening on ')
+        record = json.loads(line.string)
+        port = int(record["message"].split("wsrelay listening on ")[1].split()[0].rstrip("/").rsplit(":", 1)[1])
+        assert set(record) >= {"time", "level", "namespace", "message"} and record["level"] == "info"
+        assert fetch(f"http://127.0.0.1:{port}/a%zz")[0] == 400
+        refused = json.loads(relay.output.wait_for(r'"status": 400').string)
+        assert refused["client"] == "127.0.0.1" and "malformed percent-encoding" in refused["detail"]
+        relay.output.wait_for("wsrelay ready")
+        for text in relay.output.lines:
+            json.loads(text)  # nothing else on stdout
+    finally:
+        relay.stop()

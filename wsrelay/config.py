@@ -208,6 +208,7 @@ class Config:
     client_body_timeout: float = 60.0  # between two reads of a request body
     keepalive_timeout: float = 75.0  # an idle client connection between requests
     admin: Admin | None = None  # None: no admin listener
+    log_format: str = "text"  # wsrelay's own log lines: text (twistd's) or json
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,6 +283,7 @@ def _global_keys(base: str) -> dict[str, _Key]:
         "drain_timeout": (V.parse_duration, "10s"),
         "max_request_line": (V.parse_size, "8K"),
         "max_header_size": (V.parse_size, "16K"),
+        "log_format": (V.choice("text", "json"), "text"),
         "underscores_in_headers": (V.parse_bool, "off"),
         "client_header_timeout": (V.parse_duration, "60s"),
         "client_body_timeout": (V.parse_duration, "60s"),
@@ -523,6 +525,7 @@ class _Builder:
             client_body_timeout=glob["client_body_timeout"],
             keepalive_timeout=glob["keepalive_timeout"],
             admin=self.admin(sections["admin"], listeners),
+            log_format=glob["log_format"],
         )
 
     def admin(self, sections: list[tuple[str, str]], listeners: list[Listener]) -> Admin | None:

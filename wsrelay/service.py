@@ -333,6 +333,8 @@ class RelayService(MultiService):
                           old=self.config.workers, new=new.workers)
         if new.admin != self.config.admin and self.worker is None:
             self.log.warn("[admin] changed: takes effect at the next restart")
+        if new.log_format != self.config.log_format:
+            self.log.warn("log_format changed: takes effect at the next restart")
         commit_tls()
         for key, port in old_ports.items():
             if key not in wanted:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 from twisted.application.service import IService, Service
 from twisted.python import usage
@@ -105,3 +106,14 @@ class _Guarded(Service):
     def stopService(self):  # type: ignore[no-untyped-def]
         super().stopService()
         return self.inner.stopService()
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd makes the application after makeService, then asks it for an ILogObserver
+        # (unless --logger names one): log_format = json is set there.
+        if getattr(self.inner, "config", None) is not None and self.inner.config.log_format == "json":
+            from twisted.logger import ILogObserver
+
+            from wsrelay import logs
+
+            parent.setComponent(ILogObserver, logs.json())
+        super().setServiceParent(parent)
