@@ -7,8 +7,10 @@ set -eu
 cd "$(dirname "$0")/.."
 
 . scripts/debian.sh
-debian_packages scripts/test.sh openssl:openssl venv:python3-venv chromium:chromium \
-    certutil:libnss3-tools node:nodejs npm:npm
+debian_packages scripts/test.sh openssl:openssl venv:python3-venv node:nodejs npm:npm
+# The browser test (tests/test_browser.py) is skipped, with the reason, when these cannot be had.
+(debian_packages scripts/test.sh chromium:chromium certutil:libnss3-tools) ||
+    echo "scripts/test.sh: chromium or libnss3-tools could not be installed: the browser test will be skipped" >&2
 
 # Node.js peers (Socket.IO, ws, wscat) for tests/test_socketio.py and tests/test_interop.py, at the
 # versions tests/node/package-lock.json pins; reinstalled only when the lock file changes.
