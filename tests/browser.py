@@ -145,10 +145,18 @@ class Browser:
         return path
 
     def close(self) -> None:
-        """End Chromium (its whole process group) and the DevTools connection."""
+        """End Chromium (asked over DevTools, then its whole process group) and the connection."""
         try:
             if hasattr(self, "_stack"):
+                try:
+                    self.call("Browser.close", wait=5)
+                except Exception:  # it may close the connection before it answers
+                    pass
                 self._stack.close()
+                try:
+                    self.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
         finally:
             if self.process.poll() is None:
                 try:

@@ -110,7 +110,9 @@ def tls_relay(cas: tuple[CA, CA], demo_upstream: UpstreamProcess,
 
 
 @pytest.fixture
-def browser(browser_dir: Path, cas: tuple[CA, CA]) -> Iterator[Browser]:
+def browser(browser_dir: Path, cas: tuple[CA, CA], tls_relay: RelayProcess) -> Iterator[Browser]:
+    """Chromium trusting the first CA; it ends before wsrelay (whose stop would otherwise wait
+    ``drain_timeout`` for the page's open WebSocket)."""
     b = Browser(browser_dir, [cas[0].pem])
     try:
         yield b
