@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from tests.interop_peers import FRAGMENTS, TEXT
+from tests.nodejs import NODE_DIR, node_missing
 from tests.support import ROOT, Process, RelayProcess, write_config
-from tests.test_socketio import NODE_DIR, node_missing
 
 MiB = 1024 * 1024
 MODES = ["relay", "tunnel"]

@@ -7,25 +7,14 @@ the server that holds it; with ``balance = round_robin`` Socket.IO fails as its 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.support import ROOT, Process, RelayProcess, poll_until
-
-NODE_DIR = ROOT / "tests" / "node"
-
-
-def node_missing() -> str | None:
-    """Why the Node.js tests cannot run here (None when they can)."""
-    if shutil.which("node") is None:
-        return "node is not installed (Debian package nodejs; sh scripts/test.sh installs it)"
-    if not (NODE_DIR / "node_modules" / ".package-lock.json").exists():
-        return "tests/node/node_modules is missing (sh scripts/test.sh runs npm ci there)"
-    return None
+from tests.nodejs import NODE_DIR, node_missing
+from tests.support import Process, RelayProcess, poll_until
 
 
 class SocketIOServer(Process):
