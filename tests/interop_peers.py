@@ -137,6 +137,8 @@ async def websockets_client(url: str, ident: str) -> dict[str, Any]:
 
 async def autobahn_client(url: str, ident: str) -> dict[str, Any]:
     from autobahn.asyncio.websocket import WebSocketClientFactory, WebSocketClientProtocol
+    from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateResponse, \
+        PerMessageDeflateResponseAccept
 
     loop = asyncio.get_running_loop()
     out: dict[str, Any] = {}
@@ -164,7 +166,11 @@ async def autobahn_client(url: str, ident: str) -> dict[str, Any]:
     async def open_(suffix: str) -> Client:
         factory = WebSocketClientFactory(f"{url}?id={ident}-{suffix}", protocols=OFFERED)
         factory.protocol = Client
-        factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
+        factory.setProtocolOptions(
+            maxMessagePayloadSize=0, maxFramePayloadSize=0,
+            perMessageCompressionOffers=[PerMessageDeflateOffer()],
+            perMessageCompressionAccept=lambda response: (
+                PerMessageDeflateResponseAccept(response) if isinstance(response, PerMessageDeflateResponse) else None))
         split = urlsplit(url)
         _, proto = await loop.create_connection(factory, split.hostname, split.port)
         await proto.opened

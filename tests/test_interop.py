@@ -35,7 +35,7 @@ MODES = ["relay", "tunnel"]
 UPSTREAMS = ["ws", "websockets", "autobahn"]
 CLIENTS = ["ws-deflate", "ws", "websockets", "wscat", "autobahn"]
 #: Clients that offer permessage-deflate (so it is negotiated on the client hop).
-OFFER_DEFLATE = {"ws-deflate", "websockets"}
+OFFER_DEFLATE = {"ws-deflate", "websockets", "autobahn"}
 
 
 class InteropUpstream(Process):
