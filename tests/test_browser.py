@@ -175,6 +175,7 @@ def test_demo_page_in_chromium_over_tls(browser: Browser, tls_relay: RelayProces
     assert isinstance(headers, dict)
     assert headers["x-forwarded-proto"] == "https"
     assert "demo_user=chromium-test" in headers["cookie"]
+    assert headers["origin"] == f"https://localhost:{port}"  # the browser's Origin, passed on
     assert handshake["protocol"] == "demo.v1"
     info = browser.evaluate("fetch('/api/info').then(r => r.json())")
     http_headers = {name.lower(): value for name, value in info["headers"]}
