@@ -1,0 +1,210 @@
+"""One client WebSocket and its upstream WebSocket, from the handshake to the last close.
+
+The handshakes are Autobahn's (``legs.py``).  Once both are open, a pair with no extension on
+either hop leaves Autobahn: both connections are handed to :class:`~wsrelay.websocket.lean.LeanLeg`
+protocols (``path = "lean"``) and the Autobahn legs, the twisted.web request and everything else of
+the handshake are let go.  A pair that negotiated permessage-deflate on a hop stays on Autobahn's
+legs (``path = "autobahn"``).  Either way, :class:`wsrelay.relay.Relay` makes every decision.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from wsrelay import headers as H
+from wsrelay.config import Route, Upstream
+from wsrelay.errors import CLOSE_GOING_AWAY, BadGateway
+from wsrelay.flow import OWN_FULL, PEER_FULL, BufferWatch, ReadGate
+from wsrelay.handshake import HANDSHAKE_FIELDS
+from wsrelay.relay import CLIENT, UPSTREAM, Abort, Action, EndMessage, Relay, SendClose, SendFrame, SendMessage
+from wsrelay.upgrade import Upgrade
+from wsrelay.websocket.legs import ClientLeg, UpstreamLeg, _Leg, _UpstreamFactory
+
+log = Logger()
+
+
+class Pair(Upgrade):
+    """One client WebSocket and its upstream WebSocket, from handshake to the last close."""
+
+    def __init__(self, gw: Any, request: Request, route: Route, upstream: Upstream, scheme: str,
+                 raw: list[tuple[bytes, bytes]], protocols: list[bytes]) -> None:
+        super().__init__(gw, request, route, upstream, scheme, raw)
+        self.protocols = protocols
+        self.upstream_leg: UpstreamLeg | None = None
+        self.client_leg: ClientLeg | None = None
+        self.legs: dict[str, _Leg] = {}
+        self.upstream_response: Any = None
+        self.relay = Relay()
+        self.closed_legs: set[str] = set()
+
+    # -- handshake -------------------------------------------------------------------------
+
+    def forget_upstream(self) -> None:
+        self.upstream_leg = None
+        self.upstream_response = None
+        self.closed_legs.discard(UPSTREAM)
+
+    def upstream_factory(self) -> _UpstreamFactory:
+        return _UpstreamFactory(self.gw.client_factory(self.route, self.upstream), self)
+
+    def connect_failed(self, reason: Failure) -> None:
+        self.upstream_leg = None
+        super().connect_failed(reason)
+
+    def rewrite_handshake(self, data: bytes) -> bytes:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        _, *lines = head.split(b"\r\n")
+        ours = self.upstream_headers(drop=HANDSHAKE_FIELDS)
+        keep = [line for line in lines if line.split(b":", 1)[0].strip().lower() not in
+                {b"host", b"pragma", b"cache-control"}]
+        passed = [name + b": " + value for name, value in ours]
+        for name in (b"origin", b"user-agent"):
+            passed += [name.title() + b": " + v for v in H.get(self.raw, name)]
+        request_line = b"GET " + self.request.uri + b" HTTP/1.1"  # the client's target, byte for byte
+        return b"\r\n".join([request_line, *passed, *keep]) + b"\r\n\r\n" + rest
+
+    def upstream_refused(self, leg: UpstreamLeg, reason: str) -> None:
+        leg.pair = None
+        self.upstream_leg = None
+        head = getattr(leg, "http_response_data", b"") or b""
+        self.handshake_refused(head, (getattr(leg, "data", b"") or b"")[len(head):], reason)
+
+    def upstream_opened(self, leg: UpstreamLeg) -> None:
+        if self.answered:  # the client left, or was answered: end this leg
+            leg.pair = None
+            leg.dropConnection(abort=True)
+            return
+        self.lease.success()
+        self.upstream_leg = leg
+        self.legs[UPSTREAM] = leg
+        self.feed(self.relay.opened(UPSTREAM))
+        self.hand_over()
+
+    def client_accept(self) -> Any:
+        """The client leg's onConnect: the subprotocol the upstream chose, and its 101 headers."""
+        response = self.upstream_response
+        chosen = getattr(response, "protocol", None) if response is not None else None
+        extra: dict[str, Any] = {}
+        raw = self.upstream_leg.http_response_data if self.upstream_leg is not None else b""
+        for line in raw.split(b"\r\n")[1:]:
+            name, sep, value = line.partition(b":")
+            key = name.strip().lower()
+            if (not sep or key in H.HOP_BY_HOP or key.startswith(b"sec-websocket-")
+                    or key in {b"date", b"server", b"content-length"}):
+                continue
+            extra.setdefault(name.strip().decode("latin-1"), []).append(value.strip().decode("latin-1"))
+        cookie = self.lease.set_cookie(secure=self.scheme == "https") if self.lease is not None else None
+        if cookie is not None:
+            extra.setdefault("Set-Cookie", []).append(cookie.decode("latin-1"))
+        return (chosen, extra) if extra else chosen
+
+    def client_leg_for(self, transport: Any) -> ClientLeg:
+        leg = self.gw.server_factory(self.route).buildProtocol(transport.getPeer())
+        leg.pair = self
+        self.client_leg = leg
+        self.legs[CLIENT] = leg
+        return leg
+
+    def hand_over(self) -> None:
+        """The client leg takes the client's connection and reads its handshake again."""
+        taken = self.take_over(self.client_leg_for)
+        if taken is None:
+            return
+        _, pending = taken
+        assert self.client_leg is not None
+        request = self.request
+        head = [request.method + b" " + request.uri + b" HTTP/1.1"]
+        extensions = [v for n, v in self.raw if n.lower() == b"sec-websocket-extensions"]
+        head += [name + b": " + value for name, value in self.raw if name.lower() != b"sec-websocket-extensions"]
+        if extensions:  # Autobahn refuses repeated lines; RFC 6455 section 9.1 allows them
+            head.append(b"Sec-WebSocket-Extensions: " + b", ".join(extensions))
+        self.client_leg.dataReceived(b"\r\n".join(head) + b"\r\n\r\n" + pending)
+
+    def client_opened(self) -> None:
+        client, upstream = self.client_leg, self.upstream_leg
+        assert client is not None and upstream is not None
+        if upstream.transport is not None:
+            # A transport has one producer, so each one's holds both legs: when its buffer is
+            # full, wsrelay stops reading the other peer (back-pressure) and this peer too (what
+            # it sends makes pongs and close replies toward it, which it does not read).
+            client.gate = ReadGate(client.pause_reading, client.resume_reading)
+            upstream.gate = ReadGate(upstream.pause_reading, upstream.resume_reading)
+            client.transport.registerProducer(BufferWatch([(upstream.gate, PEER_FULL), (client.gate, OWN_FULL)]), True)
+            upstream.transport.registerProducer(BufferWatch([(client.gate, PEER_FULL), (upstream.gate, OWN_FULL)]), True)
+        self.now_open()
+        self.feed(self.relay.opened(CLIENT))
+
+    # -- relaying --------------------------------------------------------------------------
+
+    def feed(self, actions: list[Action]) -> None:
+        """Perform the relay's actions, in order."""
+        for action in actions:
+            leg = self.legs.get(action.to)
+            if isinstance(action, SendMessage):
+                self.metrics.sent(self.route.name, action.to, len(action.payload), message=True)
+            elif isinstance(action, SendFrame):
+                self.metrics.sent(self.route.name, action.to, len(action.payload))
+            elif isinstance(action, EndMessage):
+                self.metrics.sent(self.route.name, action.to, 0, message=True)
+            elif isinstance(action, SendClose):
+                self.metrics.close_out(self.route.name, action.to, action.code)
+            if leg is not None:
+                leg.perform(action)
+            elif isinstance(action, Abort) and action.to == UPSTREAM:
+                self.abort_upstream()
+
+    def message_ended(self, side: str, size: int) -> None:
+        self.last_activity = self.reactor.seconds()
+        self.metrics.received(self.route.name, side, size)
+        self.feed(self.relay.message_end(side))
+
+    def close_received(self, side: str, code: int | None, reason: str) -> None:
+        self.metrics.close_in(self.route.name, side, code)
+        self.feed(self.relay.close_received(side, code, reason))
+
+    def failed(self, side: str, code: int) -> None:
+        log.info("route {route}: {side} failed with close code {code}", route=self.route.name, side=side, code=code)
+        self.metrics.close_out(self.route.name, side, code)
+        self.feed(self.relay.failed(side, code))
+
+    def close_both(self, reason: str) -> None:
+        self.feed(self.relay.close_both(CLOSE_GOING_AWAY, reason))
+
+    # -- endings ---------------------------------------------------------------------------
+
+    def abort_upstream(self) -> None:
+        """No upstream connection may outlive a client that never got its 101."""
+        if self.connecting is not None and not self.connecting.called:
+            self.connecting.cancel()
+        leg, self.upstream_leg = self.upstream_leg, None
+        if leg is not None:
+            leg.pair = None
+            if leg.transport is not None:
+                leg.transport.abortConnection()
+
+    def leg_closed(self, leg: _Leg, clean: bool, reason: str | None) -> None:
+        side = leg.side
+        if side in self.closed_legs:
+            return
+        self.closed_legs.add(side)
+        if side == UPSTREAM and self.client_leg is None:
+            # Before the client's 101: the upstream went away during or right after its handshake.
+            self.upstream_leg = None
+            leg.pair = None  # nothing more from that connection, whatever comes next
+            self.handshake_failed("closed during handshake",
+                                  BadGateway(f"upstream closed during the handshake: {reason}"),
+                                  retryable=not getattr(leg, "answered_any", False))
+            return
+        if not clean:
+            log.info("route {route}: {side} connection lost ({reason})", route=self.route.name, side=side,
+                     reason=reason)
+        self.feed(self.relay.lost(side))
+        if self.relay.finished or {CLIENT, UPSTREAM} <= self.closed_legs:
+            self.end()
+
+    def sent_to_client(self) -> int:
+        return self.relay.counters(CLIENT).octets_out
