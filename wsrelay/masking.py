@@ -86,6 +86,13 @@ class MaskKeys:
         n = (k + 7) >> 3
         return int.from_bytes(self.source(n), "big") >> ((n << 3) - k)
 
+    def key(self) -> bytes:
+        """A 4-byte masking key, for frames wsrelay builds itself (the lean relay path)."""
+        keys = self._keys
+        if not keys:
+            keys = self._keys = list(_POOL_FORMAT.unpack(self.source(KEY_POOL)))
+        return keys.pop().to_bytes(4, "big")
+
     def seed(self, *args: Any, **kwargs: Any) -> None:
         """Autobahn reseeds its generator for every factory; there is nothing to seed here."""
 

@@ -21,7 +21,9 @@ Order of events for one client (``relay`` mode):
    client's connection over from twisted.web (with any bytes the client pipelined) and complete
    the client's handshake with the subprotocol the upstream chose, the upstream's other 101
    headers and the balancer's ``Set-Cookie``.
-4. Messages flow through :class:`wsrelay.relay.Relay` frame by frame; the closing handshake is end
+4. Both sides open, a pair with no extension on either hop leaves Autobahn for the lean path
+   (``lean.py`` and ``frames.py``; a permessage-deflate pair stays on Autobahn's legs, ``legs.py``).
+   Messages flow through :class:`wsrelay.relay.Relay` frame by frame; the closing handshake is end
    to end (a peer's close is answered with the other peer's answer).  A side whose socket
    buffer is full stops wsrelay reading from the other side (back-pressure) and from that side
    itself (a peer that pings and never reads gets no unbounded queue of pongs), see

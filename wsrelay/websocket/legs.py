@@ -281,6 +281,23 @@ class UpstreamLeg(_Leg, WebSocketClientProtocol):
                 self.serverConnectionDropTimeout, self.onServerConnectionDropTimeout)  # type: ignore[attr-defined]
 
 
+def retire(leg: _Leg) -> bytes:
+    """Take an open Autobahn leg out of service (its connection goes to a lean leg): its timers
+    cancelled, its state closed so it reads nothing more; returns the bytes it had read after its
+    handshake and not processed."""
+    p: Any = leg
+    for name in ("autoPingPendingCall", "autoPingTimeoutCall", "openHandshakeTimeoutCall",
+                 "closeHandshakeTimeoutCall", "serverConnectionDropTimeoutCall"):
+        call = getattr(p, name, None)
+        if call is not None:
+            call.cancel()
+            setattr(p, name, None)
+    pending, p.data = p.data, b""
+    p.state = WebSocketProtocol.STATE_CLOSED
+    leg.pair = None
+    return pending  # type: ignore[no-any-return]
+
+
 class _UpstreamFactory:
     """One connection's view of the route's client factory (shares its options)."""
 

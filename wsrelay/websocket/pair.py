@@ -21,8 +21,9 @@ from wsrelay.errors import CLOSE_GOING_AWAY, BadGateway
 from wsrelay.flow import OWN_FULL, PEER_FULL, BufferWatch, ReadGate
 from wsrelay.handshake import HANDSHAKE_FIELDS
 from wsrelay.relay import CLIENT, UPSTREAM, Abort, Action, EndMessage, Relay, SendClose, SendFrame, SendMessage
-from wsrelay.upgrade import Upgrade
-from wsrelay.websocket.legs import ClientLeg, UpstreamLeg, _Leg, _UpstreamFactory
+from wsrelay.upgrade import Upgrade, swap_protocol
+from wsrelay.websocket.lean import LeanLeg
+from wsrelay.websocket.legs import ClientLeg, UpstreamLeg, _Leg, _UpstreamFactory, retire
 
 log = Logger()
 
@@ -40,6 +41,7 @@ class Pair(Upgrade):
         self.upstream_response: Any = None
         self.relay = Relay()
         self.closed_legs: set[str] = set()
+        self.path = "autobahn"  # "lean" once both connections left Autobahn (go_lean)
 
     # -- handshake -------------------------------------------------------------------------
 
@@ -127,6 +129,10 @@ class Pair(Upgrade):
     def client_opened(self) -> None:
         client, upstream = self.client_leg, self.upstream_leg
         assert client is not None and upstream is not None
+        if (upstream.transport is not None and client._perMessageCompress is None
+                and upstream._perMessageCompress is None):
+            self.go_lean(client, upstream)
+            return
         if upstream.transport is not None:
             # A transport has one producer, so each one's holds both legs: when its buffer is
             # full, wsrelay stops reading the other peer (back-pressure) and this peer too (what
@@ -136,12 +142,70 @@ class Pair(Upgrade):
             client.transport.registerProducer(BufferWatch([(upstream.gate, PEER_FULL), (client.gate, OWN_FULL)]), True)
             upstream.transport.registerProducer(BufferWatch([(client.gate, PEER_FULL), (upstream.gate, OWN_FULL)]), True)
         self.now_open()
+        self.took_path()
         self.feed(self.relay.opened(CLIENT))
+
+    def took_path(self) -> None:
+        if self.metrics.took_path(self.route.name, self.path):
+            log.info("route {route}: first relayed pair on the {path} path", route=self.route.name, path=self.path)
+
+    def go_lean(self, client: ClientLeg, upstream: UpstreamLeg) -> None:
+        """Both handshakes are over and no hop compresses: hand both connections to lean legs,
+        with what Autobahn read after each handshake, and let everything of the handshake go."""
+        self.path = "lean"
+        ws = self.route.websocket
+        relay = self.relay
+        lean: dict[str, LeanLeg] = {}
+        pending: dict[str, bytes] = {}
+        for side, old in ((UPSTREAM, upstream), (CLIENT, client)):
+            leg = LeanLeg(self, side, relay, self.metrics.hop(self.route.name, side), chunk=relay.chunk_size,
+                          max_frame=ws.max_frame_size, max_message=ws.max_message_size,
+                          idle=bool(ws.idle_timeout))
+            pending[side] = retire(old)
+            leg.transport = transport = old.transport
+            old.transport = None
+            swap_protocol(transport, leg)
+            leg.gate = ReadGate(leg.pause_reading, leg.resume_reading)
+            lean[side] = leg
+        c, u = lean[CLIENT], lean[UPSTREAM]
+        c.peer, u.peer = u, c
+        self.legs = lean  # type: ignore[assignment]
+        self.client_leg, self.upstream_leg = c, u  # type: ignore[assignment]
+        c.transport.registerProducer(BufferWatch([(u.gate, PEER_FULL), (c.gate, OWN_FULL)]), True)
+        u.transport.registerProducer(BufferWatch([(c.gate, PEER_FULL), (u.gate, OWN_FULL)]), True)
+        self.forget_handshake()
+        self.now_open()
+        self.took_path()
+        self.feed(relay.opened(CLIENT))
+        c.start_pings()
+        u.start_pings()
+        if pending[UPSTREAM]:
+            u.dataReceived(pending[UPSTREAM])
+        if pending[CLIENT] and c.pair is not None:
+            c.dataReceived(pending[CLIENT])
+
+    def forget_handshake(self) -> None:
+        """Nothing of the handshake stays referenced by an open pair."""
+        super().forget_handshake()
+        self.protocols = None  # type: ignore[assignment]
+        self.upstream_response = None
+
+    def lean_lost(self, leg: LeanLeg, reason: Any) -> None:
+        """A lean leg's connection is gone."""
+        why = leg.why or (reason.getErrorMessage() if isinstance(reason, Failure) else str(reason))
+        self.leg_closed(leg, leg.close_sent and leg.done and not leg.failed, why)  # type: ignore[arg-type]
 
     # -- relaying --------------------------------------------------------------------------
 
     def feed(self, actions: list[Action]) -> None:
         """Perform the relay's actions, in order."""
+        if self.path == "lean":
+            legs = self.legs
+            for action in actions:
+                leg = legs.get(action.to)
+                if leg is not None:
+                    leg.perform(action)
+            return
         for action in actions:
             leg = self.legs.get(action.to)
             if isinstance(action, SendMessage):
@@ -156,6 +220,8 @@ class Pair(Upgrade):
                 leg.perform(action)
             elif isinstance(action, Abort) and action.to == UPSTREAM:
                 self.abort_upstream()
+
+    perform = feed
 
     def message_ended(self, side: str, size: int) -> None:
         self.last_activity = self.reactor.seconds()
