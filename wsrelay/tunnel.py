@@ -50,6 +50,8 @@ def close_frame(code: int, reason: bytes, *, masked: bool) -> bytes:
 class FrameTracker:
     """Follows WebSocket frame boundaries in one direction (RFC 6455 section 5.2), headers only."""
 
+    __slots__ = ("header", "remaining", "close_seen")
+
     def __init__(self) -> None:
         self.header = b""  # an incomplete frame header
         self.remaining = 0  # payload bytes of the current frame still to come
@@ -106,6 +108,8 @@ def response_head(head: bytes, set_cookie: bytes | None) -> bytes:
 
 
 class _Pauser:
+    __slots__ = ("transport",)
+
     def __init__(self, transport: Any) -> None:
         self.transport = transport
 
@@ -168,6 +172,7 @@ class Tunnel(Upgrade):
     """One tunnelled WebSocket connection."""
 
     kind = "tunnel"
+    __slots__ = ("up", "client_transport", "lost", "sent", "to_client_frames", "to_upstream_frames", "abort_timers")
 
     def __init__(self, gw: Any, request: Request, route: Route, upstream: Upstream, scheme: str,
                  raw: list[tuple[bytes, bytes]]) -> None:
@@ -211,6 +216,7 @@ class Tunnel(Upgrade):
         if taken is None:
             return
         transport, pending = taken
+        self.forget_handshake()
         self.client_transport = transport
         assert self.up is not None
         up = self.up.transport

@@ -62,6 +62,10 @@ UPSTREAM_CONNECT_FAULTS = (neterror.ConnectError, neterror.DNSLookupError, neter
                            neterror.ConnectionLost, neterror.ConnectionDone)
 
 
+def _forget(result: object) -> None:
+    return None
+
+
 def reason_text(reason: Failure | BaseException | str) -> str:
     if isinstance(reason, Failure):
         return reason.getErrorMessage() or reason.type.__name__
@@ -134,6 +138,10 @@ class Upgrade:
     """The life of one client's upgrade request; see the module docstring."""
 
     kind = "WebSocket"
+    # One per open WebSocket: slots keep it small (an idle pair's memory, issue 11).
+    __slots__ = ("gw", "reactor", "metrics", "request", "route", "upstream", "scheme", "raw", "client_ip",
+                 "tried", "lease", "connecting", "timer", "idle_timer", "last_activity", "started",
+                 "deadline", "answered", "taken_over", "opened", "ended", "log_request")
 
     def __init__(self, gw: Any, request: Request, route: Route, upstream: Upstream, scheme: str,
                  raw: list[tuple[bytes, bytes]]) -> None:
@@ -213,7 +221,9 @@ class Upgrade:
         except Exception:
             self.internal_error(Failure())
             return
-        self.connecting.addErrback(self.connect_failed)
+        # The connection's Deferred stays referenced by the endpoint's factory for the life of the
+        # connection: its result must not keep the handshake's protocol alive.
+        self.connecting.addCallbacks(_forget, self.connect_failed)
 
     def internal_error(self, reason: Failure) -> None:
         """A failure of wsrelay's own, not the upstream's: one log line, a 500, the lease given

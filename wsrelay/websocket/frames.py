@@ -87,7 +87,7 @@ class FrameReader:
         self.max_message = max_message
         self.failed = False
         self.done = False  # a close frame was read, or reading failed: the rest is ignored
-        self._pending: list[bytes] = []  # bytes of an incomplete header or small frame
+        self._pending: list[bytes] | tuple[()] = ()  # bytes of an incomplete header or small frame
         self._buffered = 0
         self._need = 0
         self._remaining = 0  # payload bytes of the frame being delivered in pieces
@@ -136,7 +136,7 @@ class FrameReader:
 
     def _fail(self, code: int, reason: str) -> None:
         self.failed = self.done = True
-        self._pending = []
+        self._pending = ()
         self.on_error(code, reason)
 
     def feed(self, data: bytes) -> None:
@@ -149,7 +149,7 @@ class FrameReader:
             if self._buffered < self._need:
                 return
             data = b"".join(self._pending)
-            self._pending = []
+            self._pending = ()
         pos = 0
         end = len(data)
         while pos < end:

@@ -31,6 +31,9 @@ log = Logger()
 class Pair(Upgrade):
     """One client WebSocket and its upstream WebSocket, from handshake to the last close."""
 
+    __slots__ = ("protocols", "upstream_leg", "client_leg", "legs", "upstream_response", "relay", "closed_legs",
+                 "path")
+
     def __init__(self, gw: Any, request: Request, route: Route, upstream: Upstream, scheme: str,
                  raw: list[tuple[bytes, bytes]], protocols: list[bytes]) -> None:
         super().__init__(gw, request, route, upstream, scheme, raw)
