@@ -218,3 +218,21 @@ def test_handshake_protocols_are_freed_once_the_pair_is_open(monkeypatch: pytest
         pump.client = pump.server = None
     gc.collect()
     assert [r() for r in retired] == [None, None]
+
+
+def test_autobahn_pretty_prints_nothing_for_debug_lines_nobody_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening a pair formats none of Autobahn's debug lines (its per-connection pretty-printing of
+    its options was about 40 % of a handshake's CPU); when formatted, a line reads as before."""
+    from pprint import pformat
+
+    from autobahn.websocket import protocol
+
+    from wsrelay.websocket import legs
+
+    calls: list[int] = []
+    monkeypatch.setattr(protocol, "pformat", lambda *a, **k: calls.append(1) or pformat(*a, **k))
+    h = Harness()  # the gateway makes Autobahn's pformat lazy again
+    _, _, pair = open_pair(h)
+    assert pair.path == "lean" and calls == []
+    lazy = legs._LazyFormat([("option", 1, "Factory")])
+    assert format(lazy) == str(lazy) == pformat([("option", 1, "Factory")])

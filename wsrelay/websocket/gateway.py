@@ -16,7 +16,13 @@ from wsrelay.config import Route, Upstream
 from wsrelay.handshake import check_handshake
 from wsrelay.metrics import WebSocketMetrics
 from wsrelay.upgrade import CLOSE_HANDSHAKE_TIMEOUT
-from wsrelay.websocket.legs import ClientLeg, UpstreamLeg, _accept_deflate, _accept_deflate_response
+from wsrelay.websocket.legs import (
+    ClientLeg,
+    UpstreamLeg,
+    _accept_deflate,
+    _accept_deflate_response,
+    install_lazy_debug,
+)
 from wsrelay.websocket.pair import Pair
 
 
@@ -28,6 +34,7 @@ class WebSocketGateway:
         txaio.use_twisted()
         txaio.config.loop = gateway.reactor  # Autobahn's timers go through txaio's loop
         masking.install()  # small frames masked without a native masker object each
+        install_lazy_debug()  # no pretty-printing per connection for debug lines nobody writes
         self.metrics = WebSocketMetrics()
         self._server_factories: dict[Route, WebSocketServerFactory] = {}
         self._client_factories: dict[tuple[Route, Upstream], WebSocketClientFactory] = {}
