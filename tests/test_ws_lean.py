@@ -51,13 +51,33 @@ def test_pair_without_compression_takes_the_lean_path_and_relays() -> None:
     assert h.gateway.websocket.metrics.snapshot()["/"]["paths"] == {"lean": 1}
 
 
-def test_pair_with_permessage_deflate_stays_on_autobahn() -> None:
-    """permessage-deflate negotiated toward the client: the pair stays on Autobahn's legs."""
+def test_pair_with_permessage_deflate_takes_the_lean_path_and_compresses_that_hop_only() -> None:
+    """permessage-deflate negotiated toward the client only: the pair is lean, a compressed message
+    from the client reaches the upstream inflated (no RSV1: nothing negotiated there), and the
+    upstream's message reaches the client compressed (RSV1, raw deflate with the tail removed)."""
+    import zlib
+
     h = Harness()
-    client, _, pair = open_pair(h, b"Sec-WebSocket-Extensions: permessage-deflate")
+    client, upstream, pair = open_pair(h, b"Sec-WebSocket-Extensions: permessage-deflate")
     assert b"permessage-deflate" in client.head
-    assert pair.path == "autobahn" and not isinstance(pair.client_leg, LeanLeg)
-    assert h.gateway.websocket.metrics.snapshot()["/"]["paths"] == {"autobahn": 1}
+    assert pair.path == "lean" and isinstance(pair.client_leg, LeanLeg)
+    assert pair.client_leg.deflater is not None and pair.upstream_leg.deflater is None
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    text = ("héllo " * 50).encode()
+    compressed = bytearray(frame(1, (c.compress(text) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]))
+    compressed[0] |= 0x40
+    client.transport.write(bytes(compressed))
+    h.settle()
+    frames = masked_frames(upstream.received)
+    assert [(f[0], f[2]) for f in frames] == [(1, text)]
+    assert upstream.received[0] & 0x70 == 0
+    upstream.transport.write(frame(2, bytes(1000), mask=False))
+    h.settle()
+    last = client.received.partition(b"\r\n\r\n")[2]
+    assert last[0] == 0xC2 and last[1] == len(last) - 2  # FIN, RSV1, binary; one frame
+    inflated = zlib.decompressobj(-15).decompress(last[2:] + b"\x00\x00\xff\xff")
+    assert inflated == bytes(1000)
+    assert h.gateway.websocket.metrics.snapshot()["/"]["paths"] == {"lean": 1}
 
 
 def held_objects(pair: Any, shared: list[Any]) -> dict[int, Any]:

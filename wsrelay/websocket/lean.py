@@ -35,6 +35,7 @@ from wsrelay import masking
 from wsrelay.flow import PEER_FULL, ReadGate
 from wsrelay.relay import CLIENT, Abort, Action, BeginMessage, EndMessage, Relay, SendClose, SendFrame, SendMessage
 from wsrelay.upgrade import CLOSE_HANDSHAKE_TIMEOUT
+from wsrelay.websocket.deflate import Deflater, Inflater
 from wsrelay.websocket.frames import OP_CLOSE, OP_PING, OP_PONG, FrameReader, close_payload, header, xor
 
 log = Logger()
@@ -48,12 +49,15 @@ class LeanLeg(FrameReader):
     """One side of a relayed pair on the lean path: reads its peer's frames, writes the relay's."""
 
     __slots__ = ("pair", "side", "peer", "relay", "transport", "masks", "hop", "gate", "peer_closed",
-                 "close_sent", "out_op", "timer", "ping_call", "ping_payload", "idle", "why")
+                 "close_sent", "out_op", "timer", "ping_call", "ping_payload", "idle", "why", "deflater")
 
     def __init__(self, pair: Any, side: str, relay: Relay, hop: Any, *, chunk: int, max_frame: int,
-                 max_message: int, idle: bool) -> None:
+                 max_message: int, idle: bool, extension: Any = None) -> None:
         client = side == CLIENT
-        super().__init__(masked=client, chunk=chunk, max_frame=max_frame, max_message=max_message)
+        super().__init__(masked=client, chunk=chunk, max_frame=max_frame, max_message=max_message,
+                         inflater=Inflater.for_peer(extension, peer_is_client=client) if extension else None)
+        # permessage-deflate negotiated on this hop (Autobahn's extension object of its handshake)
+        self.deflater = Deflater(extension) if extension else None
         self.pair = pair
         self.side = side
         self.peer: LeanLeg | None = None
@@ -106,6 +110,10 @@ class LeanLeg(FrameReader):
     def resume_reading(self) -> None:
         if self.transport is not None:
             self.transport.resumeProducing()
+        self.resume_inflation()
+
+    def inflate_must_wait(self) -> bool:
+        return self.gate is not None and self.gate.paused
 
     # -- what the peer sends (FrameReader callbacks) ------------------------------------------------
 
@@ -181,7 +189,9 @@ class LeanLeg(FrameReader):
         hop = self.hop
         hop.messages_out += 1
         hop.octets_out += len(payload)
-        if raw is not None and not self.masks:
+        if self.deflater is not None:
+            self._write_frame(0xC2 if binary else 0xC1, self.deflater.whole(payload))
+        elif raw is not None and not self.masks:
             self.transport.write(raw)
         else:
             self._write_frame(0x82 if binary else 0x81, payload)
@@ -189,17 +199,21 @@ class LeanLeg(FrameReader):
     def perform(self, action: Action) -> None:
         """One of the relay's actions toward this peer."""
         hop = self.hop
+        deflater = self.deflater
         if isinstance(action, SendMessage):
             self.send_message(action.payload, action.binary, None)
         elif isinstance(action, SendFrame):
             hop.octets_out += len(action.payload)
-            self._write_frame(self.out_op, action.payload)
+            self._write_frame(self.out_op, action.payload if deflater is None else deflater.piece(action.payload))
             self.out_op = 0
         elif isinstance(action, BeginMessage):
             self.out_op = 2 if action.binary else 1
+            if deflater is not None:
+                deflater.begin()
+                self.out_op |= 0x40  # RSV1 on the first frame: compressed (RFC 7692 section 6)
         elif isinstance(action, EndMessage):
             hop.messages_out += 1
-            self._write_frame(0x80 | self.out_op, b"")
+            self._write_frame(0x80 | self.out_op, b"" if deflater is None else deflater.end())
             self.out_op = 0
         elif isinstance(action, SendClose):
             pair = self.pair

@@ -1,10 +1,11 @@
 """One client WebSocket and its upstream WebSocket, from the handshake to the last close.
 
-The handshakes are Autobahn's (``legs.py``).  Once both are open, a pair with no extension on
-either hop leaves Autobahn: both connections are handed to :class:`~wsrelay.websocket.lean.LeanLeg`
-protocols (``path = "lean"``) and the Autobahn legs, the twisted.web request and everything else of
-the handshake are let go.  A pair that negotiated permessage-deflate on a hop stays on Autobahn's
-legs (``path = "autobahn"``).  Either way, :class:`wsrelay.relay.Relay` makes every decision.
+The handshakes are Autobahn's (``legs.py``).  Once both are open, the pair leaves Autobahn: both
+connections are handed to :class:`~wsrelay.websocket.lean.LeanLeg` protocols (``path = "lean"``),
+each with the permessage-deflate parameters its hop negotiated, if any, and the Autobahn legs, the
+twisted.web request and everything else of the handshake are let go.  Only a pair whose upstream
+is gone by the time the client's handshake completes stays on Autobahn's legs
+(``path = "autobahn"``) to its end.  Either way, :class:`wsrelay.relay.Relay` makes every decision.
 """
 
 from __future__ import annotations
@@ -132,8 +133,7 @@ class Pair(Upgrade):
     def client_opened(self) -> None:
         client, upstream = self.client_leg, self.upstream_leg
         assert client is not None and upstream is not None
-        if (upstream.transport is not None and client._perMessageCompress is None
-                and upstream._perMessageCompress is None):
+        if upstream.transport is not None:
             self.go_lean(client, upstream)
             return
         if upstream.transport is not None:
@@ -163,7 +163,7 @@ class Pair(Upgrade):
         for side, old in ((UPSTREAM, upstream), (CLIENT, client)):
             leg = LeanLeg(self, side, relay, self.metrics.hop(self.route.name, side), chunk=relay.chunk_size,
                           max_frame=ws.max_frame_size, max_message=ws.max_message_size,
-                          idle=bool(ws.idle_timeout))
+                          idle=bool(ws.idle_timeout), extension=old._perMessageCompress)
             pending[side] = retire(old)
             leg.transport = transport = old.transport
             old.transport = None
