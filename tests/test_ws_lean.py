@@ -256,3 +256,40 @@ def test_autobahn_pretty_prints_nothing_for_debug_lines_nobody_writes(monkeypatc
     assert pair.path == "lean" and calls == []
     lazy = legs._LazyFormat([("option", 1, "Factory")])
     assert format(lazy) == str(lazy) == pformat([("option", 1, "Factory")])
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_reader_inflates_compressed_messages_in_steps_of_at_most_chunk(split: bool) -> None:
+    """A compressed message that inflates to less than ``chunk`` is one message; one that
+    inflates to more comes in steps of at most ``chunk`` bytes, whole or read byte by byte;
+    RSV1 on a continuation frame is a protocol error."""
+    import zlib
+
+    from wsrelay.websocket.deflate import Inflater
+
+    def compressed(payload: bytes, op: int = 2) -> bytes:
+        c = zlib.compressobj(6, zlib.DEFLATED, -15)
+        out = bytearray(frame(op, (c.compress(payload) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]))
+        out[0] |= 0x40
+        return bytes(out)
+
+    r = Reader(inflater=Inflater(15, True))
+    data = compressed(b"tiny") + compressed(bytes(100)) + compressed("é".encode() * 20, op=1)
+    feed_bytewise(r, data) if split else r.feed(data)
+    messages, current = [], None
+    for event in r.events:
+        if event[0] == "message":
+            messages.append((event[1], event[2], 1))
+        elif event[0] == "begin":
+            current = (b"", event[1], 0)
+        elif event[0] == "data":
+            assert current is not None and 0 < len(event[1]) <= 16
+            current = (current[0] + event[1], current[1], current[2] + 1)
+        elif event[0] == "end":
+            messages.append(current)
+    assert [(m[0], m[1]) for m in messages] == [(b"tiny", True), (bytes(100), True), ("é".encode() * 20, False)]
+    assert messages[0][2] == 1 or split  # one event when it arrives whole
+    bad = bytearray(frame(2, b"x", fin=False) + frame(0, b"y"))
+    bad[7] |= 0x40  # RSV1 on the continuation
+    r.feed(bytes(bad))
+    assert r.events[-1] == ("error", CLOSE_PROTOCOL_ERROR)

@@ -14,10 +14,13 @@ the Autobahn legs, which do the same).
 
 from __future__ import annotations
 
+import codecs
 import zlib
 from typing import Any
 
 from wsrelay.errors import CLOSE_INVALID_PAYLOAD, CLOSE_MESSAGE_TOO_BIG
+
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 #: RFC 7692 section 7.2.2: the tail a sender removes from each compressed message.
 SYNC_TAIL = b"\x00\x00\xff\xff"
@@ -94,6 +97,52 @@ class SteppedInflation:
     def inflate_must_wait(self) -> bool:
         """True while inflated bytes cannot go on (the other side's buffer is full)."""
         return False
+
+    def _whole_compressed(self, payload: bytes, op: int) -> bool:
+        """A whole one-frame compressed message: delivered whole when it inflates to less than a
+        step, else streamed as any other; False when reading stops (failed, or waiting)."""
+        inflater = self.inflater
+        inflater.start()
+        chunk = self.chunk
+        try:
+            out = inflater.step(payload, chunk)
+            whole = not inflater.tail and len(out) < chunk
+            if whole:
+                out += inflater.finish()  # the message's last output: the tail is inflated
+        except zlib.error as e:
+            self._fail(CLOSE_INVALID_PAYLOAD, f"compressed message cannot be inflated: {e}")
+            return False
+        if whole and len(out) < chunk:
+            if self.max_message and len(out) > self.max_message:
+                self._fail(CLOSE_MESSAGE_TOO_BIG, f"message over the limit of {self.max_message} bytes once inflated")
+                return False
+            if op == 1:
+                try:
+                    out.decode("utf-8")
+                except UnicodeDecodeError:
+                    self._fail(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in a text message")
+                    return False
+            self.on_message(out, op == 2, None)
+            return not self.done
+        # Larger once inflated: the stepped way, from where this step left off.
+        self._binary = op == 2
+        self._decoder = _utf8_decoder() if op == 1 else None
+        self._compressed = True
+        self._inflated = 0
+        self._hold = None
+        self._single = False
+        self._fin = True
+        self._remaining = 0
+        self.in_message = True
+        self.on_begin(op == 2)
+        if self.done or (out and not self._inflated_piece(out)):
+            return False
+        if whole:
+            self._compressed = False  # its tail is inflated already
+        elif not self._inflate(inflater.tail):
+            return False
+        self._frame_done()
+        return not self.done
 
     def _inflate(self, data: bytes) -> bool:
         """Inflate ``data`` a step at a time, each step checked and passed on; False when reading

@@ -285,6 +285,15 @@ class FrameReader(SteppedInflation):
                         return
                 self.on_message(payload, op == 2, raw)
                 continue
+            if compressed and n < self.chunk and avail >= hl + n and fin:
+                start = pos + hl
+                payload = data[start:start + n]
+                pos = start + n
+                if not self._whole_compressed(xor(payload, key) if key is not None else payload, op):
+                    if self.waiting:
+                        self._rest = data[pos:]
+                    return
+                continue
             # A frame whose payload is delivered as it arrives: held until complete when it is
             # small (a small message leaves as one frame), in pieces of ``chunk`` otherwise.
             # Text is checked as it arrives either way (a bad byte fails at once).
