@@ -8,8 +8,8 @@ compress what wsrelay sends that hop.  Nothing negotiated on one hop reaches the
 
 Inflation is wsrelay's own (:class:`Inflater`), in steps of at most ``limit`` bytes of output, so
 that the reader can stop between two steps (back-pressure) and a small compressed message that
-inflates to gigabytes costs one step of memory at a time (see ``wsrelay/inflate.py``'s notes for
-the Autobahn legs, which do the same).
+inflates to gigabytes (a "decompression bomb", deflate expands up to about 1,000 times) costs one
+step and a socket buffer of memory, whatever ``ws_max_message_size`` says.
 """
 
 from __future__ import annotations
@@ -19,8 +19,13 @@ import zlib
 from typing import Any
 
 from wsrelay.errors import CLOSE_INVALID_PAYLOAD, CLOSE_MESSAGE_TOO_BIG
+from wsrelay.relay import CHUNK_SIZE
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+#: The most inflated bytes produced at once: the relay's chunk (``wsrelay.relay.CHUNK_SIZE``),
+#: which is what a lean leg's reader steps by.
+INFLATE_STEP = CHUNK_SIZE
 
 #: RFC 7692 section 7.2.2: the tail a sender removes from each compressed message.
 SYNC_TAIL = b"\x00\x00\xff\xff"

@@ -11,7 +11,6 @@ from autobahn.websocket.compress import PerMessageDeflateOffer
 from twisted.web.server import NOT_DONE_YET, Request
 
 from wsrelay import headers as H
-from wsrelay import masking
 from wsrelay.config import Route, Upstream
 from wsrelay.handshake import check_handshake
 from wsrelay.metrics import WebSocketMetrics
@@ -33,7 +32,6 @@ class WebSocketGateway:
         self.gateway = gateway
         txaio.use_twisted()
         txaio.config.loop = gateway.reactor  # Autobahn's timers go through txaio's loop
-        masking.install()  # small frames masked without a native masker object each
         install_lazy_debug()  # no pretty-printing per connection for debug lines nobody writes
         self.metrics = WebSocketMetrics()
         self._server_factories: dict[Route, WebSocketServerFactory] = {}

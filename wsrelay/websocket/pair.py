@@ -21,7 +21,7 @@ from wsrelay.config import Route, Upstream
 from wsrelay.errors import CLOSE_GOING_AWAY, BadGateway
 from wsrelay.flow import OWN_FULL, PEER_FULL, BufferWatch, ReadGate
 from wsrelay.handshake import HANDSHAKE_FIELDS
-from wsrelay.relay import CLIENT, UPSTREAM, Abort, Action, EndMessage, Relay, SendClose, SendFrame, SendMessage
+from wsrelay.relay import CLIENT, UPSTREAM, Abort, Action, Relay
 from wsrelay.upgrade import Upgrade, swap_protocol
 from wsrelay.websocket.lean import LeanLeg
 from wsrelay.websocket.legs import ClientLeg, UpstreamLeg, _Leg, _UpstreamFactory, retire
@@ -33,7 +33,7 @@ class Pair(Upgrade):
     """One client WebSocket and its upstream WebSocket, from handshake to the last close."""
 
     __slots__ = ("protocols", "upstream_leg", "client_leg", "legs", "upstream_response", "relay", "closed_legs",
-                 "path")
+                 "path", "upstream_head")
 
     def __init__(self, gw: Any, request: Request, route: Route, upstream: Upstream, scheme: str,
                  raw: list[tuple[bytes, bytes]], protocols: list[bytes]) -> None:
@@ -45,7 +45,8 @@ class Pair(Upgrade):
         self.upstream_response: Any = None
         self.relay = Relay()
         self.closed_legs: set[str] = set()
-        self.path = "autobahn"  # "lean" once both connections left Autobahn (go_lean)
+        self.path = "handshake"  # "lean" once both connections left Autobahn
+        self.upstream_head = b""  # the upstream's 101 (its fields go to the client's 101)
 
     # -- handshake -------------------------------------------------------------------------
 
@@ -80,23 +81,49 @@ class Pair(Upgrade):
         self.handshake_refused(head, (getattr(leg, "data", b"") or b"")[len(head):], reason)
 
     def upstream_opened(self, leg: UpstreamLeg) -> None:
+        """The upstream's 101 is in: its connection goes to a lean leg at once, then the client's
+        handshake is completed; what the upstream sent right after its 101 is read last."""
         if self.answered:  # the client left, or was answered: end this leg
             leg.pair = None
             leg.dropConnection(abort=True)
             return
         self.lease.success()
-        self.upstream_leg = leg
-        self.legs[UPSTREAM] = leg
+        self.upstream_head = leg.http_response_data or b""
+        lean, pending = self.take_leg(UPSTREAM, leg)
         self.feed(self.relay.opened(UPSTREAM))
+        lean.start_pings()
         self.hand_over()
+        if pending and lean.pair is not None:
+            lean.dataReceived(pending)
+
+    def take_leg(self, side: str, old: _Leg) -> tuple[LeanLeg, bytes]:
+        """``old``'s connection (its handshake just completed) goes to a lean leg, with the
+        permessage-deflate parameters negotiated on that hop; returns it and the bytes Autobahn
+        had read after the handshake."""
+        ws = self.route.websocket
+        relay = self.relay
+        leg = LeanLeg(self, side, relay, self.metrics.hop(self.route.name, side), chunk=relay.chunk_size,
+                      max_frame=ws.max_frame_size, max_message=ws.max_message_size,
+                      idle=bool(ws.idle_timeout), extension=old._perMessageCompress)  # type: ignore[attr-defined]
+        transport = old.transport  # type: ignore[attr-defined]
+        pending = retire(old)
+        old.transport = None  # type: ignore[attr-defined]
+        leg.transport = transport
+        swap_protocol(transport, leg)
+        leg.gate = ReadGate(leg.pause_reading, leg.resume_reading)
+        self.legs[side] = leg  # type: ignore[assignment]
+        if side == CLIENT:
+            self.client_leg = leg  # type: ignore[assignment]
+        else:
+            self.upstream_leg = leg  # type: ignore[assignment]
+        return leg, pending
 
     def client_accept(self) -> Any:
         """The client leg's onConnect: the subprotocol the upstream chose, and its 101 headers."""
         response = self.upstream_response
         chosen = getattr(response, "protocol", None) if response is not None else None
         extra: dict[str, Any] = {}
-        raw = self.upstream_leg.http_response_data if self.upstream_leg is not None else b""
-        for line in raw.split(b"\r\n")[1:]:
+        for line in self.upstream_head.split(b"\r\n")[1:]:
             name, sep, value = line.partition(b":")
             key = name.strip().lower()
             if (not sep or key in H.HOP_BY_HOP or key.startswith(b"sec-websocket-")
@@ -131,67 +158,37 @@ class Pair(Upgrade):
         self.client_leg.dataReceived(b"\r\n".join(head) + b"\r\n\r\n" + pending)
 
     def client_opened(self) -> None:
+        """The client has its 101: its connection goes to a lean leg; both are open."""
         client, upstream = self.client_leg, self.upstream_leg
-        assert client is not None and upstream is not None
-        if upstream.transport is not None:
-            self.go_lean(client, upstream)
-            return
-        if upstream.transport is not None:
+        assert client is not None and isinstance(upstream, LeanLeg)
+        self.path = "lean"
+        c, pending = self.take_leg(CLIENT, client)
+        u = upstream
+        c.peer, u.peer = u, c
+        if u.transport is not None:
             # A transport has one producer, so each one's holds both legs: when its buffer is
             # full, wsrelay stops reading the other peer (back-pressure) and this peer too (what
             # it sends makes pongs and close replies toward it, which it does not read).
-            client.gate = ReadGate(client.pause_reading, client.resume_reading)
-            upstream.gate = ReadGate(upstream.pause_reading, upstream.resume_reading)
-            client.transport.registerProducer(BufferWatch([(upstream.gate, PEER_FULL), (client.gate, OWN_FULL)]), True)
-            upstream.transport.registerProducer(BufferWatch([(client.gate, PEER_FULL), (upstream.gate, OWN_FULL)]), True)
+            c.transport.registerProducer(BufferWatch([(u.gate, PEER_FULL), (c.gate, OWN_FULL)]), True)
+            u.transport.registerProducer(BufferWatch([(c.gate, PEER_FULL), (u.gate, OWN_FULL)]), True)
+        self.forget_handshake()
         self.now_open()
         self.took_path()
         self.feed(self.relay.opened(CLIENT))
+        c.start_pings()
+        if pending and c.pair is not None:
+            c.dataReceived(pending)
 
     def took_path(self) -> None:
         if self.metrics.took_path(self.route.name, self.path):
             log.info("route {route}: first relayed pair on the {path} path", route=self.route.name, path=self.path)
-
-    def go_lean(self, client: ClientLeg, upstream: UpstreamLeg) -> None:
-        """Both handshakes are over and no hop compresses: hand both connections to lean legs,
-        with what Autobahn read after each handshake, and let everything of the handshake go."""
-        self.path = "lean"
-        ws = self.route.websocket
-        relay = self.relay
-        lean: dict[str, LeanLeg] = {}
-        pending: dict[str, bytes] = {}
-        for side, old in ((UPSTREAM, upstream), (CLIENT, client)):
-            leg = LeanLeg(self, side, relay, self.metrics.hop(self.route.name, side), chunk=relay.chunk_size,
-                          max_frame=ws.max_frame_size, max_message=ws.max_message_size,
-                          idle=bool(ws.idle_timeout), extension=old._perMessageCompress)
-            pending[side] = retire(old)
-            leg.transport = transport = old.transport
-            old.transport = None
-            swap_protocol(transport, leg)
-            leg.gate = ReadGate(leg.pause_reading, leg.resume_reading)
-            lean[side] = leg
-        c, u = lean[CLIENT], lean[UPSTREAM]
-        c.peer, u.peer = u, c
-        self.legs = lean  # type: ignore[assignment]
-        self.client_leg, self.upstream_leg = c, u  # type: ignore[assignment]
-        c.transport.registerProducer(BufferWatch([(u.gate, PEER_FULL), (c.gate, OWN_FULL)]), True)
-        u.transport.registerProducer(BufferWatch([(c.gate, PEER_FULL), (u.gate, OWN_FULL)]), True)
-        self.forget_handshake()
-        self.now_open()
-        self.took_path()
-        self.feed(relay.opened(CLIENT))
-        c.start_pings()
-        u.start_pings()
-        if pending[UPSTREAM]:
-            u.dataReceived(pending[UPSTREAM])
-        if pending[CLIENT] and c.pair is not None:
-            c.dataReceived(pending[CLIENT])
 
     def forget_handshake(self) -> None:
         """Nothing of the handshake stays referenced by an open pair."""
         super().forget_handshake()
         self.protocols = None  # type: ignore[assignment]
         self.upstream_response = None
+        self.upstream_head = b""
 
     def lean_lost(self, leg: LeanLeg, reason: Any) -> None:
         """A lean leg's connection is gone."""
@@ -201,44 +198,16 @@ class Pair(Upgrade):
     # -- relaying --------------------------------------------------------------------------
 
     def feed(self, actions: list[Action]) -> None:
-        """Perform the relay's actions, in order."""
-        if self.path == "lean":
-            legs = self.legs
-            for action in actions:
-                leg = legs.get(action.to)
-                if leg is not None:
-                    leg.perform(action)
-            return
+        """Perform the relay's actions, in order, each by the leg of its side."""
+        legs = self.legs
         for action in actions:
-            leg = self.legs.get(action.to)
-            if isinstance(action, SendMessage):
-                self.metrics.sent(self.route.name, action.to, len(action.payload), message=True)
-            elif isinstance(action, SendFrame):
-                self.metrics.sent(self.route.name, action.to, len(action.payload))
-            elif isinstance(action, EndMessage):
-                self.metrics.sent(self.route.name, action.to, 0, message=True)
-            elif isinstance(action, SendClose):
-                self.metrics.close_out(self.route.name, action.to, action.code)
+            leg = legs.get(action.to)
             if leg is not None:
                 leg.perform(action)
             elif isinstance(action, Abort) and action.to == UPSTREAM:
                 self.abort_upstream()
 
     perform = feed
-
-    def message_ended(self, side: str, size: int) -> None:
-        self.last_activity = self.reactor.seconds()
-        self.metrics.received(self.route.name, side, size)
-        self.feed(self.relay.message_end(side))
-
-    def close_received(self, side: str, code: int | None, reason: str) -> None:
-        self.metrics.close_in(self.route.name, side, code)
-        self.feed(self.relay.close_received(side, code, reason))
-
-    def failed(self, side: str, code: int) -> None:
-        log.info("route {route}: {side} failed with close code {code}", route=self.route.name, side=side, code=code)
-        self.metrics.close_out(self.route.name, side, code)
-        self.feed(self.relay.failed(side, code))
 
     def close_both(self, reason: str) -> None:
         self.feed(self.relay.close_both(CLOSE_GOING_AWAY, reason))
@@ -266,7 +235,7 @@ class Pair(Upgrade):
             leg.pair = None  # nothing more from that connection, whatever comes next
             self.handshake_failed("closed during handshake",
                                   BadGateway(f"upstream closed during the handshake: {reason}"),
-                                  retryable=not getattr(leg, "answered_any", False))
+                                  retryable=not getattr(leg, "answered_any", True))
             return
         if not clean:
             log.info("route {route}: {side} connection lost ({reason})", route=self.route.name, side=side,
