@@ -80,7 +80,12 @@ WS_THR = {
     "ws_64B": (64, 8, 16),
     "ws_16KiB": (16 * 1024, 8, 4),
     "ws_1MiB": (MIB, 4, 2),
+    # the client offers permessage-deflate (as browsers do) and compresses every message: relay
+    # mode negotiates it on the client hop; nginx and tunnel mode pass the offer through to the
+    # upstream, which refuses it (no target: a comparison, not the same work)
+    "ws_64B_deflate": (64, 8, 16),
 }
+DEFLATE = {"ws_64B_deflate"}
 WS_LAT = {
     # name: (message size, connections); one message in flight per connection
     "lat_1conn": (64, 1),
@@ -440,7 +445,8 @@ class Bench:
         a = self.args
         if scenario in WS_THR:
             size, conns, window = WS_THR[scenario]
-            opts = {"mode": "thr", "url": url, "size": size, "conns": conns, "window": window}
+            opts = {"mode": "thr", "url": url, "size": size, "conns": conns, "window": window,
+                    "deflate": scenario in DEFLATE}
         else:
             size, conns = WS_LAT[scenario]
             opts = {"mode": "lat", "url": url, "size": size, "conns": conns}

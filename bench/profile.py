@@ -94,6 +94,9 @@ def main(argv: list[str]) -> int:
             "ws_64B": [args.node, bench.WSLOAD, json.dumps({
                 "mode": "thr", "url": ws_url, "size": size, "conns": conns, "window": window,
                 "warmup": 1, "duration": length})],
+            "ws_1MiB": [args.node, bench.WSLOAD, json.dumps({
+                "mode": "thr", "url": ws_url, "size": bench.WS_THR["ws_1MiB"][0], "conns": bench.WS_THR["ws_1MiB"][1],
+                "window": bench.WS_THR["ws_1MiB"][2], "warmup": 1, "duration": length})],
             "http_small": [args.wrk, "-t1", f"-c{bench.HTTP['http_small'][1]}", f"-d{length + 1}s",
                            "--timeout", "10s", "-s", bench.WRK_LUA, http["/small"]],
         }

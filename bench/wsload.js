@@ -15,8 +15,9 @@
 // "FAIL <reason>" on an error before the end.  The process always ends on its own: every wait
 // is bounded (`guard` seconds overall).
 //
-// The client never offers permessage-deflate (perMessageDeflate: false), so every proxy under
-// test relays the same bytes (wsrelay's relay mode would otherwise negotiate compression).
+// The client offers no permessage-deflate (perMessageDeflate: false), so every proxy under test
+// relays the same bytes (wsrelay's relay mode would otherwise negotiate compression); except
+// with "deflate": true (scenario ws_64B_deflate), which compresses every message as a browser does.
 'use strict';
 
 const crypto = require('crypto');
@@ -48,7 +49,9 @@ setTimeout(() => {
 }, guard);
 
 function connect() {
-  return new WebSocket(url, { perMessageDeflate: false, maxPayload: 64 * 1024 * 1024, handshakeTimeout: 20000 });
+  // opt.deflate: offer permessage-deflate and compress every message (threshold 0), as a browser does
+  const deflate = opt.deflate ? { threshold: 0 } : false;
+  return new WebSocket(url, { perMessageDeflate: deflate, maxPayload: 64 * 1024 * 1024, handshakeTimeout: 20000 });
 }
 
 const stats = { errors: 0, unexpected_closes: 0, bad_echoes: 0, close_codes: {} };

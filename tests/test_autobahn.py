@@ -231,4 +231,12 @@ def test_autobahn_testsuite_relay_tunnel_and_client_side(echo_upstream: int, tmp
             judge(results, exit_status, mode, expected)
         except AssertionError as e:
             errors.append(str(e))
+    if "relay" in modes:
+        # Which path the relayed pairs took: the lean one, permessage-deflate included (wsrelay
+        # logs a route's first pair on each path).
+        logged = "\n".join(relay.output.lines)
+        if "first relayed pair on the lean path" not in logged:
+            errors.append("relay mode: no pair took the lean path")
+        if "first relayed pair on the autobahn path" in logged:
+            errors.append("relay mode: a pair stayed on Autobahn's legs")
     assert not errors, "\n\n".join(errors)

@@ -1,4 +1,5 @@
-"""wsrelay's masker for small frames gives exactly what Autobahn's native masker gives."""
+"""wsrelay's XOR (masking and unmasking, RFC 6455 section 5.3) gives exactly what Autobahn's native
+masker gives, and Autobahn's own protocol module is left as it is."""
 
 from __future__ import annotations
 
@@ -8,50 +9,31 @@ import random
 import pytest
 from autobahn.nvx._xormasker import create_xor_masker as native_masker
 from autobahn.websocket import protocol
+from autobahn.websocket.xormasker import create_xor_masker as autobahn_masker
 
-from wsrelay import masking
-
-
-def pieces(data: bytes, rng: random.Random) -> list[bytes]:
-    out, i = [], 0
-    while i < len(data):
-        n = rng.randint(1, 9)
-        out.append(data[i:i + n])
-        i += n
-    return out
+from wsrelay.websocket.frames import SMALL_XOR, xor
 
 
-@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 7, 63, 64, 125, 126, 1023, 1024])
-def test_small_masker_matches_native_whole_and_in_pieces(size: int) -> None:
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 7, 63, 64, 125, 126, 1023, 1024, 1025, 70000])
+def test_xor_matches_native_below_and_above_the_small_size(size: int) -> None:
+    """Big-integer XOR up to SMALL_XOR bytes, the native masker above: the same bytes."""
     rng = random.Random(size)
     for _ in range(20):
-        mask, data = os.urandom(4), os.urandom(size)
-        expected = native_masker(mask, size).process(data)
-        assert masking.SmallMasker(mask).process(data) == expected
-        masker = masking.SmallMasker(mask)
-        assert b"".join(masker.process(p) for p in pieces(data, rng)) == expected
-        assert masker.pointer() == size
-        masker.reset()
-        assert masker.pointer() == 0 and masker.process(data) == expected
-    assert masking.SmallMasker(b"\x00\x00\x00\x00").process(b"abc") == b"abc"
+        mask, data = os.urandom(4), rng.randbytes(size)
+        assert xor(data, mask) == native_masker(mask, size).process(data)
+    assert xor(b"abc", b"\x00\x00\x00\x00") == b"abc"
 
 
 def test_masking_twice_restores_the_payload() -> None:
-    mask, data = b"\x01\x80\xff\x7e", bytes(range(256)) * 3
-    assert masking.SmallMasker(mask).process(masking.SmallMasker(mask).process(data)) == data
+    """XOR with the same key twice gives the payload back, on either side of SMALL_XOR."""
+    mask = b"\x01\x80\xff\x7e"
+    for data in (bytes(range(256)) * 3, bytes(range(256)) * (SMALL_XOR // 64)):
+        assert xor(xor(data, mask), mask) == data
 
 
-def test_a_key_is_four_bytes() -> None:
-    with pytest.raises(ValueError, match="4 bytes"):
-        masking.SmallMasker(b"abc")
+def test_autobahn_keeps_its_own_masker() -> None:
+    """wsrelay patches nothing of Autobahn's masking: its protocol module's masker is its own."""
+    from tests.test_websocket import Harness
 
-
-def test_install_routes_small_frames_to_the_small_masker_and_large_ones_to_autobahn() -> None:
-    masking.install()
-    masking.install()  # idempotent: the native masker is kept, not replaced by ours
-    assert protocol.create_xor_masker is masking.create_xor_masker
-    assert isinstance(protocol.create_xor_masker(b"abcd", masking.SMALL), masking.SmallMasker)
-    large = protocol.create_xor_masker(b"abcd", masking.SMALL + 1)
-    assert not isinstance(large, masking.SmallMasker)
-    data = os.urandom(masking.SMALL + 1)
-    assert large.process(data) == native_masker(b"abcd", len(data)).process(data)
+    Harness()  # a gateway, as wsrelay starts one
+    assert protocol.create_xor_masker is autobahn_masker

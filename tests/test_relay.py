@@ -225,3 +225,38 @@ def test_interleaved_directions_are_independent(src: str) -> None:
     assert message(relay, dst, b"reply", binary=True) == [SendMessage(src, b"reply", True)]
     relay.frame_data(src, b"part2")
     assert relay.message_end(src) == [SendFrame(dst, b"part2"), EndMessage(dst)]
+
+
+def _scenarios() -> list[tuple[str, list[tuple[str, tuple[object, ...]]]]]:
+    """States a relay can be in when a message arrives (events after both sides opened, or not)."""
+    return [
+        ("open", [("opened", (UPSTREAM,)), ("opened", (CLIENT,))]),
+        ("destination not open", [("opened", (CLIENT,)), ("opened", (CLIENT,))]),
+        ("source closed", [("opened", (UPSTREAM,)), ("opened", (CLIENT,)), ("close_received", (CLIENT, 1000, ""))]),
+        ("destination closed", [("opened", (UPSTREAM,)), ("opened", (CLIENT,)),
+                                ("close_received", (UPSTREAM, 1000, ""))]),
+        ("destination lost", [("opened", (UPSTREAM,)), ("opened", (CLIENT,)), ("lost", (UPSTREAM,))]),
+    ]
+
+
+@pytest.mark.parametrize("name,events", _scenarios())
+@pytest.mark.parametrize("size", [0, 5, 16, 17, 40])
+def test_whole_message_shortcut_is_exactly_the_general_path(name: str, events: list, size: int) -> None:
+    """Relay.message (the lean path's call for a whole one-frame message) decides as
+    message_begin + frame_data + message_end would, in every state: None ("send it as one frame")
+    exactly when those would give one SendMessage, the same actions otherwise, the same counters."""
+    from wsrelay.relay import run
+
+    shortcut, general = Relay(chunk_size=16), Relay(chunk_size=16)
+    run(shortcut, events)
+    run(general, events)
+    payload = bytes(range(size))
+    got = shortcut.message(CLIENT, payload, True)
+    expected = message(general, CLIENT, payload, binary=True)
+    if got is None:
+        assert expected == [SendMessage(UPSTREAM, payload, True)]
+    else:
+        assert got == expected and got != [SendMessage(UPSTREAM, payload, True)]
+    for side in (CLIENT, UPSTREAM):
+        assert shortcut.counters(side) == general.counters(side)
+    assert (name in ("open", "destination closed") and size < 16) == (got is None)

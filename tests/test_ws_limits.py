@@ -11,7 +11,7 @@ from twisted.test import iosim
 
 from tests.test_websocket import Harness, RawClient, RawUpstream, frame, handshake, parse_frames
 from wsrelay.flow import OWN_FULL, PEER_FULL, BufferWatch, ReadGate
-from wsrelay.inflate import INFLATE_STEP
+from wsrelay.websocket.deflate import INFLATE_STEP
 
 KiB = 1024
 

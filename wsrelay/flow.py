@@ -25,15 +25,20 @@ PEER_FULL = "peer full"
 #: The peer's own write buffer is full: it does not read what wsrelay sends it.
 OWN_FULL = "own full"
 
+_NONE: frozenset[str] = frozenset()
+
 
 class ReadGate:
     """The reasons wsrelay stopped reading one peer: ``pause`` is called when the first reason
     appears, ``resume`` when the last one is gone.  Holding or releasing a reason twice counts once."""
 
+    __slots__ = ("_pause", "_resume", "reasons")
+
     def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
         self._pause = pause
         self._resume = resume
-        self.reasons: set[str] = set()
+        # a frozenset, replaced on each change: an idle gate holds the one shared empty set
+        self.reasons: frozenset[str] = _NONE
 
     @property
     def paused(self) -> bool:
@@ -44,7 +49,7 @@ class ReadGate:
         """Stop reading for ``reason``."""
         if reason in self.reasons:
             return
-        self.reasons.add(reason)
+        self.reasons = self.reasons | {reason}
         if len(self.reasons) == 1:
             self._pause()
 
@@ -52,7 +57,7 @@ class ReadGate:
         """``reason`` is gone; read again if it was the last one."""
         if reason not in self.reasons:
             return
-        self.reasons.discard(reason)
+        self.reasons = self.reasons - {reason}
         if not self.reasons:
             self._resume()
 
@@ -65,6 +70,8 @@ class BufferWatch:
     ``stopProducing`` does nothing on purpose: when one transport dies, the relay closes the other
     leg with a close frame instead of the bare TCP close Twisted would otherwise do.
     """
+
+    __slots__ = ("holds", "full")
 
     def __init__(self, holds: Sequence[tuple[ReadGate, str]]) -> None:
         self.holds = tuple(holds)

@@ -41,12 +41,13 @@ class HopCounters:
 class RouteCounters:
     """Pairs and per-hop traffic of one route."""
 
-    __slots__ = ("open", "opened", "hops")
+    __slots__ = ("open", "opened", "hops", "paths")
 
     def __init__(self) -> None:
         self.open = 0
         self.opened = 0
         self.hops = {hop: HopCounters() for hop in HOPS}
+        self.paths: Counter[str] = Counter()  # relayed pairs per frame path ("lean", "autobahn")
 
 
 class WebSocketMetrics:
@@ -69,6 +70,12 @@ class WebSocketMetrics:
         c = self.route(route)
         c.open += 1
         c.opened += 1
+
+    def took_path(self, route: str, path: str) -> bool:
+        """A relayed pair opened on ``path``; True if it is the route's first on that path."""
+        paths = self.route(route).paths
+        paths[path] += 1
+        return paths[path] == 1
 
     def ended(self, route: str) -> None:
         """A pair that had opened is over."""
@@ -94,6 +101,7 @@ class WebSocketMetrics:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            name: {"open": c.open, "opened": c.opened, "hops": {hop: h.snapshot() for hop, h in c.hops.items()}}
+            name: {"open": c.open, "opened": c.opened, "paths": dict(c.paths),
+                   "hops": {hop: h.snapshot() for hop, h in c.hops.items()}}
             for name, c in self.routes.items()
         }

@@ -13,7 +13,8 @@ Rules:
    (:class:`SendMessage`).  Otherwise it is relayed frame by frame: each received frame is sent on
    as soon as it is complete, and a frame larger than ``chunk_size`` is cut into several
    (:class:`BeginMessage`, :class:`SendFrame`..., :class:`EndMessage`).  No more than
-   ``chunk_size`` bytes of a message are ever held.
+   ``chunk_size`` bytes of a message are ever held.  :meth:`Relay.message` is the same decision
+   for a whole one-frame message, made without building an action when the way is clear.
 2. Actions for a side that is not open yet (the upstream may speak right after its 101, before
    the client has its own) wait, in order, until :meth:`Relay.opened`.
 3. The closing handshake is end to end.  RFC 6455 section 5.5.1: "If an endpoint receives a Close
@@ -123,9 +124,10 @@ class Counters:
     close_out: int | None = None  # the code of the close frame wsrelay sent it
 
 
-@attrs.define
+@attrs.define(slots=True)
 class _Side:
     name: str
+    other: str = ""
     open: bool = False
     gone: bool = False
     close_sent: bool = False  # a close frame went (or is queued) to this side
@@ -148,7 +150,7 @@ class Relay:
 
     def __init__(self, *, chunk_size: int = CHUNK_SIZE) -> None:
         self.chunk_size = chunk_size
-        self.sides = {name: _Side(name) for name in SIDES}
+        self.sides = {name: _Side(name, other(name)) for name in SIDES}
 
     # -- state -----------------------------------------------------------------------------
 
@@ -221,6 +223,31 @@ class Relay:
             return []
         s.open = True
         out, s.queue = s.queue, []
+        return out
+
+    def message(self, source: str, payload: bytes, binary: bool) -> list[Action] | None:
+        """``source``'s peer sent a whole message in one frame (already unmasked and checked).
+
+        The common case of a relay, so it builds nothing: ``None`` means "send ``payload`` to the
+        other side as one frame now" (counted already, rule 1).  Otherwise (the other side is not
+        open yet, is closing, or the message is not smaller than ``chunk_size``) it is exactly
+        :meth:`message_begin`, :meth:`frame_data`, :meth:`message_end`, whose actions it returns.
+        """
+        s = self.sides[source]
+        n = len(payload)
+        if not s.in_message and not s.mute and not s.gone and n < self.chunk_size:
+            d = self.sides[s.other]
+            if d.open and not d.close_sent and not d.gone:
+                c = s.counters
+                c.messages_in += 1
+                c.octets_in += n
+                c = d.counters
+                c.messages_out += 1
+                c.octets_out += n
+                return None
+        out = self.message_begin(source, binary)
+        out += self.frame_data(source, payload)
+        out += self.message_end(source)
         return out
 
     def message_begin(self, source: str, binary: bool) -> list[Action]:

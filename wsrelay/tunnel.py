@@ -50,6 +50,8 @@ def close_frame(code: int, reason: bytes, *, masked: bool) -> bytes:
 class FrameTracker:
     """Follows WebSocket frame boundaries in one direction (RFC 6455 section 5.2), headers only."""
 
+    __slots__ = ("header", "remaining", "close_seen")
+
     def __init__(self) -> None:
         self.header = b""  # an incomplete frame header
         self.remaining = 0  # payload bytes of the current frame still to come
@@ -61,35 +63,42 @@ class FrameTracker:
 
     def feed(self, data: bytes) -> None:
         pos, end = 0, len(data)
+        if self.header:
+            data = self.header + data
+            self.header = b""
+            end = len(data)
         while pos < end:
             if self.remaining:
-                step = min(self.remaining, end - pos)
+                step = end - pos
+                if step > self.remaining:
+                    step = self.remaining
                 self.remaining -= step
                 pos += step
                 continue
-            head = self.header + data[pos:pos + 14]
-            size = self._header_size(head)
-            if size is None or len(head) < size:
-                self.header = head
+            avail = end - pos
+            if avail < 2:
+                self.header = data[pos:]
                 return
-            pos += size - len(self.header)
-            self.header = b""
-            length = head[1] & 0x7F
+            b1 = data[pos + 1]
+            length = b1 & 0x7F
+            size = 2
             if length == 126:
-                length = struct.unpack("!H", head[2:4])[0]
+                size = 4
             elif length == 127:
-                length = struct.unpack("!Q", head[2:10])[0]
-            self.remaining = length
-            if head[0] & 0x0F == 0x8:
+                size = 10
+            if b1 & 0x80:
+                size += 4
+            if avail < size:
+                self.header = data[pos:]
+                return
+            if length == 126:
+                length = (data[pos + 2] << 8) | data[pos + 3]
+            elif length == 127:
+                length = int.from_bytes(data[pos + 2:pos + 10], "big")
+            if data[pos] & 0x0F == 0x8:
                 self.close_seen = True
-
-    @staticmethod
-    def _header_size(head: bytes) -> int | None:
-        if len(head) < 2:
-            return None
-        length = head[1] & 0x7F
-        size = 2 + (2 if length == 126 else 8 if length == 127 else 0)
-        return size + (4 if head[1] & 0x80 else 0)
+            pos += size
+            self.remaining = length
 
 
 def response_head(head: bytes, set_cookie: bytes | None) -> bytes:
@@ -106,6 +115,8 @@ def response_head(head: bytes, set_cookie: bytes | None) -> bytes:
 
 
 class _Pauser:
+    __slots__ = ("transport",)
+
     def __init__(self, transport: Any) -> None:
         self.transport = transport
 
@@ -168,6 +179,8 @@ class Tunnel(Upgrade):
     """One tunnelled WebSocket connection."""
 
     kind = "tunnel"
+    __slots__ = ("up", "client_transport", "lost", "sent", "to_client_frames", "to_upstream_frames", "abort_timers",
+                 "client_hop", "upstream_hop")
 
     def __init__(self, gw: Any, request: Request, route: Route, upstream: Upstream, scheme: str,
                  raw: list[tuple[bytes, bytes]]) -> None:
@@ -179,6 +192,8 @@ class Tunnel(Upgrade):
         self.to_client_frames = FrameTracker()
         self.to_upstream_frames = FrameTracker()
         self.abort_timers: dict[str, Any] = {}
+        self.client_hop: Any = None  # the route's counters of each hop (wsrelay.metrics.HopCounters)
+        self.upstream_hop: Any = None
 
     def upstream_factory(self) -> Factory:
         return _QuietFactory.forProtocol(lambda: _UpstreamSide(self))
@@ -211,7 +226,10 @@ class Tunnel(Upgrade):
         if taken is None:
             return
         transport, pending = taken
+        self.forget_handshake()
         self.client_transport = transport
+        self.client_hop = self.metrics.hop(self.route.name, "client")
+        self.upstream_hop = self.metrics.hop(self.route.name, "upstream")
         assert self.up is not None
         up = self.up.transport
         transport.registerProducer(_Pauser(up), True)
@@ -230,8 +248,9 @@ class Tunnel(Upgrade):
         self.last_activity = self.reactor.seconds()
         self.sent += len(data)
         self.to_client_frames.feed(data)
-        self.metrics.received(self.route.name, "upstream", len(data), message=False)
-        self.metrics.sent(self.route.name, "client", len(data))
+        n = len(data)
+        self.upstream_hop.octets_in += n
+        self.client_hop.octets_out += n
         self.client_transport.write(data)
 
     def to_upstream(self, data: bytes) -> None:
@@ -239,8 +258,9 @@ class Tunnel(Upgrade):
             return
         self.last_activity = self.reactor.seconds()
         self.to_upstream_frames.feed(data)
-        self.metrics.received(self.route.name, "client", len(data), message=False)
-        self.metrics.sent(self.route.name, "upstream", len(data))
+        n = len(data)
+        self.client_hop.octets_in += n
+        self.upstream_hop.octets_out += n
         self.up.transport.write(data)
 
     def close_both(self, reason: str) -> None:

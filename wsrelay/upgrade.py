@@ -62,6 +62,10 @@ UPSTREAM_CONNECT_FAULTS = (neterror.ConnectError, neterror.DNSLookupError, neter
                            neterror.ConnectionLost, neterror.ConnectionDone)
 
 
+def _forget(result: object) -> None:
+    return None
+
+
 def reason_text(reason: Failure | BaseException | str) -> str:
     if isinstance(reason, Failure):
         return reason.getErrorMessage() or reason.type.__name__
@@ -134,6 +138,10 @@ class Upgrade:
     """The life of one client's upgrade request; see the module docstring."""
 
     kind = "WebSocket"
+    # One per open WebSocket: slots keep it small (an idle pair's memory, issue 11).
+    __slots__ = ("gw", "reactor", "metrics", "request", "route", "upstream", "scheme", "raw", "client_ip",
+                 "tried", "lease", "connecting", "timer", "idle_timer", "last_activity", "started",
+                 "deadline", "answered", "taken_over", "opened", "ended", "log_request")
 
     def __init__(self, gw: Any, request: Request, route: Route, upstream: Upstream, scheme: str,
                  raw: list[tuple[bytes, bytes]]) -> None:
@@ -158,6 +166,8 @@ class Upgrade:
         self.taken_over = False  # the client's connection left twisted.web for this upgrade
         self.opened = False  # counted as an open WebSocket in the metrics
         self.ended = False
+        # what the access log needs of the request, kept when the request is let go
+        self.log_request: tuple[bytes, bytes, bytes, bytes | None, bytes | None] | None = None
 
     # -- what subclasses supply ---------------------------------------------------------------
 
@@ -211,7 +221,9 @@ class Upgrade:
         except Exception:
             self.internal_error(Failure())
             return
-        self.connecting.addErrback(self.connect_failed)
+        # The connection's Deferred stays referenced by the endpoint's factory for the life of the
+        # connection: its result must not keep the handshake's protocol alive.
+        self.connecting.addCallbacks(_forget, self.connect_failed)
 
     def internal_error(self, reason: Failure) -> None:
         """A failure of wsrelay's own, not the upstream's: one log line, a 500, the lease given
@@ -356,6 +368,18 @@ class Upgrade:
         transport.resumeProducing()
         return transport, pending
 
+    def forget_handshake(self) -> None:
+        """The pair is open: let the twisted.web request, the client's header lines and every
+        handshake timer go (an open pair keeps only what it relays with)."""
+        request = self.request
+        if request is not None:
+            self.log_request = (request.method, request.uri, request.clientproto,
+                                request.getHeader(b"referer"), request.getHeader(b"user-agent"))
+        self.request = None  # type: ignore[assignment]
+        self.raw = None  # type: ignore[assignment]
+        self.connecting = None
+        self.cancel_timer()
+
     # -- open ------------------------------------------------------------------------------
 
     def now_open(self) -> None:
@@ -391,10 +415,15 @@ class Upgrade:
             self.lease.release()
         if self.taken_over and self.gw.gateway.access_log.enabled:
             request = self.request
+            if request is not None:
+                self.log_request = (request.method, request.uri, request.clientproto,
+                                    request.getHeader(b"referer"), request.getHeader(b"user-agent"))
+            assert self.log_request is not None
+            method, target, protocol, referer, user_agent = self.log_request
             self.gw.gateway.access_log.write(format_line(
-                client=self.client_ip or "unix", when=time.time(), method=request.method, target=request.uri,
-                protocol=request.clientproto, status=101, sent=self.sent_to_client(),
-                referer=request.getHeader(b"referer"), user_agent=request.getHeader(b"user-agent"),
+                client=self.client_ip or "unix", when=time.time(), method=method, target=target,
+                protocol=protocol, status=101, sent=self.sent_to_client(),
+                referer=referer, user_agent=user_agent,
                 upstream=self.lease.server.hostport if self.lease is not None else None,
                 duration=time.monotonic() - self.started,
             ))
