@@ -283,7 +283,10 @@ class RelayChannel(Protocol):
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         lines = [version, b" ", code, b" ", reason, b"\r\n"]
+        codings = getattr(self.request, "wsrelay_codings", None)  # an upstream's "gzip, chunked"
         for name, values in headers.getAllRawHeaders():
+            if codings is not None and name.lower() == b"transfer-encoding":
+                values = [codings + b", chunked"]
             for value in values:
                 lines += (name, b": ", value, b"\r\n")
         lines.append(b"\r\n")

@@ -32,6 +32,9 @@ class RelayRequest(server.Request):
     wsrelay_upstream: str | None = None
     #: set by the WebSocket gateway on takeover: the pair logs itself.
     wsrelay_websocket = False
+    #: set by the HTTP proxy: transfer codings of the upstream's body before chunked ("gzip"),
+    #: passed on to the client as they came (the body is not decoded).
+    wsrelay_codings: bytes | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
