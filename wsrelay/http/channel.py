@@ -34,6 +34,7 @@ from wsrelay.accesslog import format_line
 from wsrelay.errors import BadRequest, HeaderFieldsTooLarge, ProxyError, RequestTimeout, URITooLong
 from wsrelay.http import rules
 from wsrelay.http.chunked import ChunkedDecoder
+from wsrelay.http.wire import Writer
 
 log = Logger()
 
@@ -71,8 +72,26 @@ class RelayChannel(Protocol):
 
     # -- connection ----------------------------------------------------------------------------
 
+    _writer: Writer | None = None
+    _head_out = b""  # a response head held until the body bytes that follow it in the same call
+
     def connectionMade(self) -> None:
+        self._writer = Writer(self.transport)
         self._set_timer(self.header_timeout, self._head_timed_out)
+
+    def _send(self, data: bytes) -> None:
+        if self._head_out:
+            data, self._head_out = self._head_out + data, b""
+        writer = self._writer
+        if writer is not None:
+            writer.write(data)
+        elif self.transport is not None:
+            self.transport.write(data)
+
+    def flush_head(self) -> None:
+        """Send a held response head (the request's ``write`` calls this when it returns)."""
+        if self._head_out:
+            self._send(b"")
 
     def getPeer(self) -> Any:
         if self._peer is None:
@@ -212,7 +231,7 @@ class RelayChannel(Protocol):
         if self.refused:
             return
         if expect and version == b"HTTP/1.1" and (self._remaining or self._chunked is not None):
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._send(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _body_data(self, data: bytes) -> bytes:
         self._set_timer(self.body_timeout, self._body_timed_out)
@@ -290,13 +309,13 @@ class RelayChannel(Protocol):
             for value in values:
                 lines += (name, b": ", value, b"\r\n")
         lines.append(b"\r\n")
-        self.transport.write(b"".join(lines))
+        self._head_out = b"".join(lines)
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        self._send(data)
 
     def writeSequence(self, data: list[bytes]) -> None:
-        self.transport.writeSequence(data)
+        self._send(b"".join(data))
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.transport.registerProducer(producer, streaming)
@@ -320,6 +339,8 @@ class RelayChannel(Protocol):
         if (transport is None or self.state != _HANDLING or not getattr(transport, "connected", True)
                 or getattr(transport, "disconnecting", False)):
             return None
+        self.flush_head()
+        self._writer = None  # the transport is the WebSocket layer's from now on
         pending, self._pending = self._pending, b""
         self.state = _DETACHED
         self._cancel_timer()
@@ -344,7 +365,8 @@ class RelayChannel(Protocol):
                 b"Content-Type: text/plain; charset=utf-8", b"Content-Length: %d" % len(error.body),
                 b"Cache-Control: no-store", b"Connection: close"]
         head += [name + b": " + value for name, value in error.headers.items()]
-        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + error.body)
+        self._head_out = b""  # a response of the request being refused, never finished
+        self._send(b"\r\n".join(head) + b"\r\n\r\n" + error.body)
         request = request or self.request
         if request is not None:
             request.log_refusal(error.status, len(error.body))

@@ -229,6 +229,12 @@ class Exchange:
         self.arm_timer("read")
         self.request.write(data)
 
+    def response_flush(self) -> None:
+        """The upstream's bytes of this read are handled: the response head goes out if no body
+        byte has taken it along yet (the head and the first body bytes go out in one write)."""
+        if self.streaming and not self.done and not self.request.startedWriting:
+            self.request.write(b"")
+
     def response_end(self) -> None:
         self.conn = None
         self.disarm_timer()

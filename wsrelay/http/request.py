@@ -101,6 +101,12 @@ class RelayRequest(server.Request):
                        target=getattr(channel, "target", None) or b"-",
                        protocol=getattr(channel, "version", None) or b"HTTP/1.1")
 
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        channel = self.channel
+        if channel is not None:
+            channel.flush_head()  # the head and these body bytes go out in one write
+
     def finish(self) -> Any:
         self._log_line(self.code, self.sentLength)
         return super().finish()

@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from wsrelay.errors import BadRequest
 from wsrelay.http.chunked import ChunkedDecoder
+from wsrelay.http.wire import Writer
 
 Header = tuple[bytes, bytes]
 
@@ -193,6 +194,7 @@ class UpstreamProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.connected = True
+        self.writer = Writer(self.transport)
 
     # -- the request ----------------------------------------------------------------------------
 
@@ -207,15 +209,16 @@ class UpstreamProtocol(Protocol):
         self.reusable = True
         self._buffer = b""
         if size and size <= 65536:
-            self.transport.write(head + content.read(size))
+            self.writer.write(head + content.read(size))
             handler.request_sent()
         elif size:
-            self.transport.write(head)
+            transport = self.writer.queue()
+            transport.write(head)
             self.sending = True
             self.sender = _BodySender(self, content, size)
-            self.transport.registerProducer(self.sender, False)
+            transport.registerProducer(self.sender, False)
         else:
-            self.transport.write(head)
+            self.writer.write(head)
             handler.request_sent()
 
     def body_sent(self) -> None:
@@ -252,6 +255,9 @@ class UpstreamProtocol(Protocol):
                     data = self._body_data(data)
         except InvalidResponse as e:
             self._fail(UpstreamFailure("invalid", f"invalid response: {e}"))
+            return
+        if self.state == _BODY and self.handler is not None:
+            self.handler.response_flush()  # the head goes out now, with the body bytes come so far
 
     def _head_data(self, data: bytes) -> bytes:
         buffer = self._buffer + data if self._buffer else data
