@@ -59,11 +59,19 @@ class Server:
     weight: int = 1
     max_conns: int = 0  # 0: unlimited
     backup: bool = False
+    # Computed once (they are asked for on every request): not part of equality or repr.
+    _key: str = attrs.field(init=False, eq=False, repr=False, default="")
+    _hostport: str = attrs.field(init=False, eq=False, repr=False, default="")
+
+    def __attrs_post_init__(self) -> None:
+        hostport = f"{V.host_for_url(self.host)}:{self.port}"
+        object.__setattr__(self, "_hostport", hostport)
+        object.__setattr__(self, "_key", f"{self.scheme}://{hostport}")
 
     @property
     def key(self) -> str:
         """Identity of the server across reloads (health and connection counts follow it)."""
-        return f"{self.scheme}://{V.host_for_url(self.host)}:{self.port}"
+        return self._key
 
     @property
     def tls(self) -> bool:
@@ -71,7 +79,7 @@ class Server:
 
     @property
     def hostport(self) -> str:
-        return f"{V.host_for_url(self.host)}:{self.port}"
+        return self._hostport
 
 
 @attrs.frozen

@@ -425,6 +425,9 @@ class Exchange:
 
 
 def _spooled_size(request: Any) -> int:
+    received = getattr(request, "wsrelay_received", None)  # counted as the body came in
+    if received is not None:
+        return received
     content = request.content
     if content is None:
         return 0

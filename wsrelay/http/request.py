@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from twisted.python.failure import Failure
 from twisted.web import server
 
 from wsrelay.accesslog import format_line
@@ -45,6 +46,21 @@ class RelayRequest(server.Request):
         # Kept here: twisted.web drops ``self.channel`` when the request finishes.
         self._gateway = self.channel.site.gateway
         self.defaultContentType = None  # never invent a Content-Type for upstream responses
+
+    def process(self) -> None:
+        """Render the site's one resource (a leaf: no traversal, no path segments unquoted).
+
+        Unlike twisted.web's, no ``Server`` or ``Date`` field is set first: a proxied response
+        carries the upstream's own (or none), and wsrelay's own answers set ``Date``
+        (``answers.py``)."""
+        self.site = self.channel.site
+        self.prepath = []
+        self.postpath = []
+        self.sitepath = []
+        try:
+            self.render(self.site.resource)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def gotLength(self, length: int | None) -> None:
         super().gotLength(length)
