@@ -213,3 +213,43 @@ def test_a_stale_pooled_connection_is_retried_for_idempotent_requests(method: by
         assert h.attempts() == 1 and status(second) == 502
         assert sorted(failed for _, failed, _ in health(h)) == [0, 1]
     assert not h.gateway.live
+
+
+# -- deadlines --------------------------------------------------------------------------------------
+
+
+class Silent(HTTPUpstream):
+    """Takes requests and never answers."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+def test_no_response_within_read_timeout_is_a_504_counted_once() -> None:
+    """An upstream that never answers: 504 at read_timeout (not before), counted against it."""
+    h = Harness("read_timeout = 2s")
+    client, _ = serve(h, get(b"/x"), Silent())
+    h.advance(1.5)
+    assert client.received == b""
+    h.advance(0.6)
+    assert status(client) == 504
+    assert_counted_once(h)
+
+
+def test_a_body_that_keeps_coming_is_never_timed_out_and_one_that_stops_is() -> None:
+    """read_timeout is between two reads of the body: bytes every 1.5 s for 6 s under a 2 s
+    read_timeout are all relayed; then silence aborts the client after 2 s."""
+    h = Harness("read_timeout = 2s")
+    upstream = Silent()
+    client, _ = serve(h, get(b"/x"), upstream)
+    upstream.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+    for _ in range(4):
+        h.advance(1.5)
+        upstream.transport.write(b"x" * 10)
+    h.settle()
+    assert status(client) == 200 and client.received.endswith(b"x" * 40) and not client.lost
+    h.advance(1.9)
+    assert not client.lost
+    h.advance(0.2)
+    assert client.lost
+    assert_counted_once(h)

@@ -301,8 +301,9 @@ class RelayChannel(Protocol):
     # -- what twisted.web.server.Request calls ------------------------------------------------
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
-        lines = [version, b" ", code, b" ", reason, b"\r\n"]
-        codings = getattr(self.request, "wsrelay_codings", None)  # an upstream's "gzip, chunked"
+        request = self.request
+        lines = [version, b" ", code, b" ", reason, b"\r\n", getattr(request, "wsrelay_fields", b"")]
+        codings = getattr(request, "wsrelay_codings", None)  # an upstream's "gzip, chunked"
         for name, values in headers.getAllRawHeaders():
             if codings is not None and name.lower() == b"transfer-encoding":
                 values = [codings + b", chunked"]

@@ -86,6 +86,7 @@ class Exchange:
         self.conn: UpstreamProtocol | None = None
         self.connecting: Any = None  # the connect Deferred of a new connection
         self.timer: Any = None
+        self.due: float | None = None  # when the timer is due; None: disarmed
         self.timer_kind = "read"
         self.streaming = False  # the response head went to the client; its body follows
         self.sent_any = False  # bytes of this request reached an upstream connection
@@ -208,10 +209,14 @@ class Exchange:
             headers.removeHeader(name)
         hsts = headers.hasHeader(b"strict-transport-security")  # the listener's hsts_max_age
         add = headers.addRawHeader
+        lines = []
         for name, value in H.response_to_client(response.fields):
             if hsts and name.lower() == b"strict-transport-security":
                 continue  # the listener's setting wins: one HSTS line, not two
-            add(name, value)
+            lines += (name, b": ", value, b"\r\n")
+        # The upstream's fields, checked by parse_head, go out as they came (in order, without a
+        # twisted.web Headers object per response); wsrelay's own are in responseHeaders.
+        request.wsrelay_fields = b"".join(lines)
         if response.length is not None:
             add(b"Content-Length", b"%d" % response.length)
         request.wsrelay_codings = response.codings
@@ -294,21 +299,41 @@ class Exchange:
     # -- timers ---------------------------------------------------------------------------------
 
     def arm_timer(self, kind: str) -> None:
-        """(Re)start the timer: ``send`` while the upstream takes the body, ``read`` while we wait on it."""
+        """(Re)start the timer: ``send`` while the upstream takes the body, ``read`` while we wait on it.
+
+        One DelayedCall per exchange, moved lazily: re-arming only sets ``due`` (this runs for every
+        body read), and the call re-schedules itself when it fires early."""
         if self.done:
             return
         delay = self.route.send_timeout if kind == "send" else self.route.read_timeout
         self.timer_kind = kind
+        now = self.reactor.seconds()
+        self.due = now + delay
         timer = self.timer
-        if timer is not None and timer.active():
+        if timer is None:
+            self.timer = self.reactor.callLater(delay, self.timer_fired)
+        elif timer.getTime() > self.due:
             timer.reset(delay)
-        else:
-            self.timer = self.reactor.callLater(delay, self.timed_out)
 
     def disarm_timer(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
+        self.due = None
+
+    def stop_timer(self) -> None:
+        self.due = None
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def timer_fired(self) -> None:
         self.timer = None
+        if self.due is None or self.done:
+            return
+        now = self.reactor.seconds()
+        if now < self.due:
+            self.timer = self.reactor.callLater(self.due - now, self.timer_fired)
+            return
+        self.due = None
+        self.timed_out()
 
     def timed_out(self) -> None:
         self.timer = None
@@ -368,6 +393,7 @@ class Exchange:
             self.abort_client()
         else:
             self.request.wsrelay_codings = None
+            self.request.wsrelay_fields = b""
             self.answer(ProxyError(f"internal error: {reason.type.__name__}"))
 
     def lease_failure(self, cause: str) -> None:
@@ -414,6 +440,8 @@ class Exchange:
         self.proxy.gateway.closed(self)
 
     def release(self) -> None:
+        if self.timer is not None:
+            self.stop_timer()
         if self.lease is not None:
             self.lease.release()
             self.lease = None

@@ -36,6 +36,9 @@ class RelayRequest(server.Request):
     #: set by the HTTP proxy: transfer codings of the upstream's body before chunked ("gzip"),
     #: passed on to the client as they came (the body is not decoded).
     wsrelay_codings: bytes | None = None
+    #: set by the HTTP proxy: the upstream's end-to-end fields as header lines, written before
+    #: responseHeaders (which holds wsrelay's own: framing, HSTS, the sticky cookie).
+    wsrelay_fields = b""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
