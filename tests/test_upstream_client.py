@@ -253,3 +253,27 @@ def test_a_body_that_keeps_coming_is_never_timed_out_and_one_that_stops_is() -> 
     h.advance(0.2)
     assert client.lost
     assert_counted_once(h)
+
+
+def test_client_deadlines_between_and_within_requests() -> None:
+    """On a keep-alive client connection: idle for keepalive_timeout after a response, it is closed
+    quietly (not before); a head begun meanwhile has client_header_timeout from its first byte (408)."""
+    import attrs
+
+    h = Harness()
+    config = attrs.evolve(h.gateway.runtime.config, keepalive_timeout=5.0, client_header_timeout=3.0)
+    h.gateway.runtime = attrs.evolve(h.gateway.runtime, config=config)
+    client, _ = serve(h, get(b"/x"))
+    assert status(client) == 200
+    h.advance(4.8)
+    assert not client.lost
+    h.advance(0.4)
+    assert client.lost and client.received.count(b"HTTP/1.1") == 1
+
+    client, _ = serve(h, get(b"/x"))
+    h.advance(1.0)
+    client.transport.write(b"GET /y HTTP/1.1\r\nHost: rel")
+    h.advance(2.8)
+    assert client.received.count(b"HTTP/1.1 ") == 1 and not client.lost
+    h.advance(0.4)
+    assert b"HTTP/1.1 408 " in client.received

@@ -118,7 +118,7 @@ class RelayChannel(Protocol):
         self._feed(data)
 
     def connectionLost(self, reason: Any = None) -> None:
-        self._cancel_timer()
+        self._stop_timer()
         state, self.state = self.state, _CLOSED
         request, self.request = self.request, None
         if request is not None and state != _DETACHED:
@@ -344,7 +344,7 @@ class RelayChannel(Protocol):
         self._writer = None  # the transport is the WebSocket layer's from now on
         pending, self._pending = self._pending, b""
         self.state = _DETACHED
-        self._cancel_timer()
+        self._stop_timer()
         self.transport = None
         if self._paused:
             self._paused = False
@@ -383,22 +383,43 @@ class RelayChannel(Protocol):
         self.transport.loseConnection()
 
     _timer_kind = "head"
+    _due: float | None = None  # when the deadline in force is due; None: none
+    _due_call: Any = None
 
     def _set_timer(self, seconds: float, call: Any, kind: str = "head") -> None:
+        """Put a deadline in force.  One DelayedCall per connection, moved lazily: setting a
+        deadline only records it (this runs several times per request and on every body read), and
+        the call re-schedules itself when it fires before the deadline in force."""
         self._timer_kind = kind
+        self._due = due = self.reactor.seconds() + seconds
+        self._due_call = call
         timer = self._timer
-        if timer is not None and timer.active():
-            if timer.func == call:  # type: ignore[attr-defined]
-                timer.reset(seconds)
-                return
-            timer.cancel()
-        self._timer = self.reactor.callLater(seconds, call)
+        if timer is None or not timer.active():
+            self._timer = self.reactor.callLater(seconds, self._timer_fired)
+        elif timer.getTime() > due:
+            timer.reset(seconds)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._due = None
         self._timer_kind = "head"
+
+    def _stop_timer(self) -> None:
+        self._cancel_timer()
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        due = self._due
+        if due is None or self.state >= _CLOSED:
+            return
+        now = self.reactor.seconds()
+        if now < due:
+            self._timer = self.reactor.callLater(due - now, self._timer_fired)
+            return
+        self._due = None
+        self._due_call()
 
     def _head_timed_out(self) -> None:
         self._timer = None
