@@ -277,3 +277,24 @@ def test_client_deadlines_between_and_within_requests() -> None:
     assert client.received.count(b"HTTP/1.1 ") == 1 and not client.lost
     h.advance(0.4)
     assert b"HTTP/1.1 408 " in client.received
+
+
+def test_stopping_closes_idle_client_connections_at_once_and_busy_ones_after_their_response() -> None:
+    """When the listener stops: a keep-alive connection idle between requests is closed at once;
+    one whose request is under way gets its response (with Connection: close), then is closed."""
+    h = Harness()
+    idle, _ = serve(h, get(b"/x"))
+    assert status(idle) == 200 and not idle.lost
+    busy = h.raw_client(get(b"/y"))
+    h.clock.advance(0)
+    assert h.attempts() == 2  # the other server: a new connection this test holds unanswered
+    upstream = Silent()
+    h.accept_raw(upstream)
+    h.site.stopFactory()
+    h.settle()
+    assert idle.lost and not busy.lost
+    upstream.transport.write(b"HTTP/1.1 200 OK\r\n" + OK_TAIL)
+    h.settle()
+    assert status(busy) == 200 and header_lines(busy.head, b"connection") == [b"close"]
+    assert busy.lost
+    assert not h.site.channels

@@ -139,6 +139,7 @@ class RelaySite(Site):
         self.listener = listener
         self.displayTracebacks = False
         self.noisy = False
+        self.channels: set[RelayChannel] = set()  # open client connections (until detached)
 
     def use(self, listener: Listener) -> None:
         """Apply a reloaded listener's settings (redirect, redirect_port, hsts_max_age) to new
@@ -152,7 +153,16 @@ class RelaySite(Site):
 
     def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
         # The limits and deadlines of the configuration in force when the connection is made.
-        return RelayChannel(self, self.gateway.runtime.config)
+        channel = RelayChannel(self, self.gateway.runtime.config)
+        self.channels.add(channel)
+        return channel
+
+    def stopFactory(self) -> None:
+        """The listener's last port stopped (wsrelay is stopping, or a reload removed it): idle
+        keep-alive connections are closed at once, busy ones after the response under way."""
+        super().stopFactory()
+        for channel in list(self.channels):
+            channel.stop_keepalive()
 
     def log(self, request: Request) -> None:
         # The access log is written by the handlers, which know the upstream and timing.

@@ -118,6 +118,7 @@ class RelayChannel(Protocol):
         self._feed(data)
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.site.channels.discard(self)
         self._stop_timer()
         state, self.state = self.state, _CLOSED
         request, self.request = self.request, None
@@ -341,6 +342,7 @@ class RelayChannel(Protocol):
                 or getattr(transport, "disconnecting", False)):
             return None
         self.flush_head()
+        self.site.channels.discard(self)
         self._writer = None  # the transport is the WebSocket layer's from now on
         pending, self._pending = self._pending, b""
         self.state = _DETACHED
@@ -350,6 +352,21 @@ class RelayChannel(Protocol):
             self._paused = False
             transport.resumeProducing()
         return transport, pending
+
+    def stop_keepalive(self) -> None:
+        """No more requests on this connection: closed now if it is idle between requests, else
+        after the response under way (which says ``Connection: close`` if its head is not out)."""
+        if self.state >= _CLOSED or self.transport is None:
+            return
+        self.persistent = False
+        if self.state == _READING_HEAD and not self._buffer and self.request is None:
+            self.state = _CLOSED
+            self._stop_timer()
+            self.transport.loseConnection()
+            return
+        request = self.request
+        if request is not None and not request.startedWriting:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
 
     # -- refusals and deadlines ------------------------------------------------------------------
 
