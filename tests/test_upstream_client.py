@@ -298,3 +298,14 @@ def test_stopping_closes_idle_client_connections_at_once_and_busy_ones_after_the
     assert status(busy) == 200 and header_lines(busy.head, b"connection") == [b"close"]
     assert busy.lost
     assert not h.site.channels
+
+
+def test_request_fields_reach_the_upstream_in_wire_order() -> None:
+    """Interleaved repeated fields keep the client's order (not grouped by name), and an
+    underscored name is still dropped."""
+    h = Harness()
+    _, upstream = serve(h, get(b"/x", [b"X-A: 1", b"X-B: 2", b"X_C: 9", b"X-A: 3"]))
+    assert upstream is not None
+    lines = upstream.requests[0].split(b"\r\n")
+    assert [line for line in lines if line[:2] in (b"X-", b"X_")][:3] == [b"X-A: 1", b"X-B: 2", b"X-A: 3"]
+    assert not any(line.startswith(b"X_C") for line in lines)

@@ -36,7 +36,7 @@ def client_address(request: Request) -> str:
     return client_ip(request) or "unix"
 
 
-def drop_underscored(request: Request) -> None:
+def drop_underscored(request: Request) -> bool:
     """Remove header fields whose name holds ``_`` (nginx's ``underscores_in_headers off``).
 
     CGI and WSGI upstreams turn both ``X_Forwarded_For`` and ``X-Forwarded-For`` into
@@ -48,6 +48,10 @@ def drop_underscored(request: Request) -> None:
     names = [name for name, _ in headers.getAllRawHeaders() if b"_" in name]
     for name in names:
         headers.removeHeader(name)
+    raw = getattr(request, "wsrelay_raw", None)
+    if names and raw is not None:
+        request.wsrelay_raw = [(k, v) for k, v in raw if b"_" not in k]  # type: ignore[attr-defined]
+    return bool(names)
 
 
 class RelayResource(Resource):
@@ -79,7 +83,9 @@ class RelayResource(Resource):
         if not H.is_token(request.method):
             raise BadRequest(f"invalid method {request.method[:40]!r}")
         path = normalize_path(request.uri)  # origin-form, visible ASCII, unambiguous (routing.py)
-        raw = H.flatten(request.requestHeaders.getAllRawHeaders())
+        raw = getattr(request, "wsrelay_raw", None)  # the channel's fields, in wire order
+        if raw is None:
+            raw = H.flatten(request.requestHeaders.getAllRawHeaders())
         for name, value in raw:
             problem = H.bad_field(name, value)
             if problem is not None:

@@ -195,6 +195,7 @@ class RelayChannel(Protocol):
     def _start_request(self, fields: list[tuple[bytes, bytes]], method: bytes, target: bytes,
                        version: bytes) -> None:
         request = self.request = self.requestFactory(self)
+        request.wsrelay_raw = fields  # the fields in wire order, beside twisted.web's Headers
         add = request.requestHeaders.addRawHeader
         coding: list[bytes] = []
         length: int | None = 0

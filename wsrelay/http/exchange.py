@@ -42,8 +42,6 @@ log = Logger()
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 #: Methods whose request without a body still says ``Content-Length: 0`` (RFC 9110 section 8.6).
 _EXPECT_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
-#: Fields twisted.web adds to every response that must come from the upstream or not at all.
-_DEFAULT_FIELDS = (b"server", b"date", b"content-type")
 
 
 @implementer(IPushProducer)
@@ -79,7 +77,8 @@ class Exchange:
         self.route = route
         self.upstream = upstream
         self.scheme = scheme
-        self.raw = H.flatten(request.requestHeaders.getAllRawHeaders())
+        raw = getattr(request, "wsrelay_raw", None)  # wire order, as the site checked it
+        self.raw = raw if raw is not None else H.flatten(request.requestHeaders.getAllRawHeaders())
         self.client_ip = client_ip(request)
         self.tried: list[str] = []
         self.lease: Any = None
@@ -205,9 +204,8 @@ class Exchange:
             self.lease.success()
         request.setResponseCode(response.code, response.phrase)
         headers = request.responseHeaders
-        for name in _DEFAULT_FIELDS:
-            headers.removeHeader(name)
-        hsts = headers.hasHeader(b"strict-transport-security")  # the listener's hsts_max_age
+        # The listener's hsts_max_age (only ever set on https): it wins over the upstream's.
+        hsts = self.scheme == "https" and headers.hasHeader(b"strict-transport-security")
         add = headers.addRawHeader
         lines = []
         for name, value in H.response_to_client(response.fields):

@@ -39,6 +39,9 @@ class RelayRequest(server.Request):
     #: set by the HTTP proxy: the upstream's end-to-end fields as header lines, written before
     #: responseHeaders (which holds wsrelay's own: framing, HSTS, the sticky cookie).
     wsrelay_fields = b""
+    #: set by the channel: the request's header fields in wire order (``requestHeaders`` groups
+    #: them by name); what the site checks and the proxy forwards.
+    wsrelay_raw: list[tuple[bytes, bytes]] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
