@@ -34,6 +34,7 @@ from wsrelay.accesslog import format_line
 from wsrelay.errors import BadRequest, HeaderFieldsTooLarge, ProxyError, RequestTimeout, URITooLong
 from wsrelay.http import rules
 from wsrelay.http.chunked import ChunkedDecoder
+from wsrelay.http.deadline import Deadline
 from wsrelay.http.wire import Writer
 
 log = Logger()
@@ -66,7 +67,7 @@ class RelayChannel(Protocol):
         self._head = b""  # the head being judged, for the access-log line of a refusal
         self._remaining = 0  # Content-Length bytes still to come
         self._chunked: ChunkedDecoder | None = None
-        self._timer: Any = None
+        self._deadline = Deadline(self.reactor)
         self._host: Any = None
         self._peer: Any = None
 
@@ -151,7 +152,7 @@ class RelayChannel(Protocol):
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
-        elif self.request is None and self._timer_kind == "keepalive":
+        elif self.request is None and self._deadline.kind == "keepalive":
             self._set_timer(self.header_timeout, self._head_timed_out)  # the first byte of a head
         while data.startswith(b"\r\n"):  # RFC 9112 section 2.2: empty lines before a request line
             data = data[2:]
@@ -400,58 +401,25 @@ class RelayChannel(Protocol):
                     duration=0.0))
         self.transport.loseConnection()
 
-    _timer_kind = "head"
-    _due: float | None = None  # when the deadline in force is due; None: none
-    _due_call: Any = None
-
     def _set_timer(self, seconds: float, call: Any, kind: str = "head") -> None:
-        """Put a deadline in force.  One DelayedCall per connection, moved lazily: setting a
-        deadline only records it (this runs several times per request and on every body read), and
-        the call re-schedules itself when it fires before the deadline in force."""
-        self._timer_kind = kind
-        self._due = due = self.reactor.seconds() + seconds
-        self._due_call = call
-        timer = self._timer
-        if timer is None or not timer.active():
-            self._timer = self.reactor.callLater(seconds, self._timer_fired)
-        elif timer.getTime() > due:
-            timer.reset(seconds)
+        self._deadline.set(seconds, call, kind)
 
     def _cancel_timer(self) -> None:
-        self._due = None
-        self._timer_kind = "head"
+        self._deadline.clear()
 
     def _stop_timer(self) -> None:
-        self._cancel_timer()
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def _timer_fired(self) -> None:
-        self._timer = None
-        due = self._due
-        if due is None or self.state >= _CLOSED:
-            return
-        now = self.reactor.seconds()
-        if now < due:
-            self._timer = self.reactor.callLater(due - now, self._timer_fired)
-            return
-        self._due = None
-        self._due_call()
+        self._deadline.stop()
 
     def _head_timed_out(self) -> None:
-        self._timer = None
         if self._buffer or self.request is not None:
             self.refuse(RequestTimeout(f"no complete request head within {self.header_timeout}s"))
         else:  # nothing sent: nobody to answer
             self._close_quietly()
 
     def _body_timed_out(self) -> None:
-        self._timer = None
         self.refuse(RequestTimeout(f"no request body bytes for {self.body_timeout}s"))
 
     def _idle_timed_out(self) -> None:
-        self._timer = None
         self._close_quietly()
 
     def _close_quietly(self) -> None:

@@ -18,7 +18,6 @@ Invariants:
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.internet import error as neterror
@@ -33,8 +32,10 @@ from wsrelay.answers import answer_error
 from wsrelay.config import Route, Upstream
 from wsrelay.connect import upstream_endpoint
 from wsrelay.errors import BadGateway, GatewayTimeout, PayloadTooLarge, ProxyError
-from wsrelay.http.request import client_ip
-from wsrelay.http.upstream import Response, UpstreamFailure, UpstreamProtocol
+from wsrelay.http.deadline import Deadline
+from wsrelay.http.request import body_size, client_ip
+from wsrelay.http.response import Response
+from wsrelay.http.upstream import UpstreamFailure, UpstreamProtocol, describe, request_head
 
 log = Logger()
 
@@ -84,14 +85,12 @@ class Exchange:
         self.lease: Any = None
         self.conn: UpstreamProtocol | None = None
         self.connecting: Any = None  # the connect Deferred of a new connection
-        self.timer: Any = None
-        self.due: float | None = None  # when the timer is due; None: disarmed
-        self.timer_kind = "read"
+        self.deadline_timer = Deadline(self.reactor)  # send_timeout or read_timeout
         self.streaming = False  # the response head went to the client; its body follows
         self.sent_any = False  # bytes of this request reached an upstream connection
         self.done = False
         self.broken = False  # an internal error ended it
-        self.body_size = _spooled_size(request)
+        self.body_size = body_size(request)
         self.has_body = bool(self.body_size or request.requestHeaders.hasHeader(b"transfer-encoding"))
         self.deadline = self.reactor.seconds() + route.retry_timeout
 
@@ -134,15 +133,8 @@ class Exchange:
                                     host_header=self.route.host_header, upstream_hostport=server.hostport,
                                     forwarded=self.route.forwarded, passed=self.route.pass_headers)
         request = self.request
-        lines = [request.method, b" ", request.uri, b" HTTP/1.1\r\n"]
-        for name, value in out:
-            lines += (name, b": ", value, b"\r\n")
-        if self.has_body or request.method in _EXPECT_BODY:
-            lines.append(b"Content-Length: %d\r\n" % self.body_size)
-        if not self.upstream.keepalive:
-            lines.append(b"Connection: close\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines)
+        length = self.body_size if self.has_body or request.method in _EXPECT_BODY else None
+        return request_head(request.method, request.uri, out, length, close=not self.upstream.keepalive)
 
     def send(self, reuse: bool) -> None:
         """Send the request on an idle connection to the lease's server, or on a new one."""
@@ -280,7 +272,7 @@ class Exchange:
             error: ProxyError = GatewayTimeout(f"connect timeout after {self.route.connect_timeout}s")
             cause = "connect timeout"
         else:
-            error, cause = BadGateway(f"connect failed: {_reason(reason)}"), "connect error"
+            error, cause = BadGateway(f"connect failed: {describe(reason)}"), "connect error"
         self.sent_any = False
         self.fail(error, cause, retryable=True)
 
@@ -297,44 +289,16 @@ class Exchange:
     # -- timers ---------------------------------------------------------------------------------
 
     def arm_timer(self, kind: str) -> None:
-        """(Re)start the timer: ``send`` while the upstream takes the body, ``read`` while we wait on it.
-
-        One DelayedCall per exchange, moved lazily: re-arming only sets ``due`` (this runs for every
-        body read), and the call re-schedules itself when it fires early."""
-        if self.done:
-            return
-        delay = self.route.send_timeout if kind == "send" else self.route.read_timeout
-        self.timer_kind = kind
-        now = self.reactor.seconds()
-        self.due = now + delay
-        timer = self.timer
-        if timer is None:
-            self.timer = self.reactor.callLater(delay, self.timer_fired)
-        elif timer.getTime() > self.due:
-            timer.reset(delay)
+        """(Re)start the timer: ``send`` while the upstream takes the body, ``read`` while we wait on it."""
+        if not self.done:
+            delay = self.route.send_timeout if kind == "send" else self.route.read_timeout
+            self.deadline_timer.set(delay, self.timed_out, kind)
 
     def disarm_timer(self) -> None:
-        self.due = None
-
-    def stop_timer(self) -> None:
-        self.due = None
-        timer, self.timer = self.timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def timer_fired(self) -> None:
-        self.timer = None
-        if self.due is None or self.done:
-            return
-        now = self.reactor.seconds()
-        if now < self.due:
-            self.timer = self.reactor.callLater(self.due - now, self.timer_fired)
-            return
-        self.due = None
-        self.timed_out()
+        self.deadline_timer.clear()
 
     def timed_out(self) -> None:
-        self.timer = None
+        kind = self.deadline_timer.kind
         conn, self.conn = self.conn, None
         if conn is None or self.done:
             return
@@ -343,7 +307,7 @@ class Exchange:
             self.describe_failure(f"no body bytes within read_timeout {self.route.read_timeout}s")
             self.lease_failure("read timeout")
             self.abort_client()
-        elif self.timer_kind == "send":
+        elif kind == "send":
             self.fail(GatewayTimeout(f"upstream took no body bytes for send_timeout {self.route.send_timeout}s"),
                       "send timeout", retryable=False)
         else:
@@ -438,8 +402,7 @@ class Exchange:
         self.proxy.gateway.closed(self)
 
     def release(self) -> None:
-        if self.timer is not None:
-            self.stop_timer()
+        self.deadline_timer.stop()
         if self.lease is not None:
             self.lease.release()
             self.lease = None
@@ -448,29 +411,3 @@ class Exchange:
         """Stopping and the drain time is over: end this exchange now."""
         self.drop_upstream()
         self.abort_client()
-
-
-def _spooled_size(request: Any) -> int:
-    received = getattr(request, "wsrelay_received", None)  # counted as the body came in
-    if received is not None:
-        return received
-    content = request.content
-    if content is None:
-        return 0
-    try:
-        return os.fstat(content.fileno()).st_size
-    except (AttributeError, OSError, ValueError):
-        position = content.tell()
-        content.seek(0, 2)
-        size = content.tell()
-        content.seek(position)
-        return size
-
-
-def _reason(failure: Failure) -> str:
-    try:
-        from wsrelay import tls
-
-        return tls.describe_tls_failure(failure)
-    except Exception:
-        return failure.getErrorMessage() or failure.type.__name__

@@ -26,6 +26,20 @@ def client_ip(request: Any) -> str | None:
     return getattr(request.getClientAddress(), "host", None)
 
 
+def body_size(request: Any) -> int:
+    """The size of a request's spooled body."""
+    received = getattr(request, "wsrelay_received", None)  # counted as the body came in
+    if received is not None:
+        return received
+    content = request.content
+    if content is None:
+        return 0
+    position = content.tell()
+    size = content.seek(0, 2)
+    content.seek(position)
+    return size
+
+
 class RelayRequest(server.Request):
     """twisted.web's request with early body-size checks and access logging."""
 

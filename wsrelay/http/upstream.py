@@ -6,7 +6,7 @@ Invariants:
   as the transport asks for it (a pull producer: the upstream's back-pressure bounds what is
   buffered), framed by ``Content-Length``.
 - The response head is judged strictly before anything of it reaches the client
-  (:func:`parse_head`): a status line of ``HTTP/1.x``, three digits and an optional reason; header
+  (:func:`wsrelay.http.response.parse_head`): a status line of ``HTTP/1.x``, three digits and an optional reason; header
   fields of a token name and a value free of control bytes (no NUL, CR, LF, obs-fold); at most
   ``max_head`` bytes; one unambiguous framing.  Anything else is an :class:`InvalidResponse`: the
   upstream's fault.
@@ -21,7 +21,6 @@ Invariants:
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from twisted.internet.error import ConnectionDone
@@ -31,27 +30,13 @@ from zope.interface import implementer
 
 from wsrelay.errors import BadRequest
 from wsrelay.http.chunked import ChunkedDecoder
+from wsrelay.http.response import CHUNKED, LENGTH, NO_BODY, TO_CLOSE, InvalidResponse, parse_head
 from wsrelay.http.wire import Writer
 
-Header = tuple[bytes, bytes]
-
-_TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?\r\n")
-_FIELD = rb"[%s]+:[\t ]*(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?[\t ]*\r\n" % _TCHAR
-_FIELDS = re.compile(rb"(?:%s)*" % _FIELD)
-_FIELD_PARTS = re.compile(rb"([%s]+):[\t ]*(.*?)[\t ]*\r\n" % _TCHAR)
-#: Codings a response may put before ``chunked`` (RFC 9110 section 8.4.1, IANA registry).
-_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress", b"br", b"zstd"})
 #: Body bytes read from the spool file per write.
 _READ_SIZE = 256 * 1024
 
 _IDLE, _HEAD, _BODY, _DONE = range(4)
-#: Body framings.
-NO_BODY, LENGTH, CHUNKED, TO_CLOSE = range(4)
-
-
-class InvalidResponse(Exception):
-    """The upstream sent something that is not a valid HTTP/1.1 response (a 502, its fault)."""
 
 
 class UpstreamFailure(Exception):
@@ -71,76 +56,19 @@ class UpstreamFailure(Exception):
         self.reason = reason
 
 
-class Response:
-    """A parsed response head."""
-
-    __slots__ = ("code", "phrase", "fields", "framing", "length", "codings", "reusable")
-
-    def __init__(self, code: int, phrase: bytes, fields: list[Header], framing: int, length: int | None,
-                 codings: bytes | None, reusable: bool) -> None:
-        self.code = code
-        self.phrase = phrase
-        self.fields = fields  # every field but Content-Length and Transfer-Encoding, in wire order
-        self.framing = framing
-        self.length = length  # the body's length for LENGTH; the value to pass on for HEAD / 304
-        self.codings = codings  # codings before chunked ("gzip"), passed on to the client
-        self.reusable = reusable
-
-
-def parse_head(head: bytes, method: bytes) -> Response:
-    """A response head (status line to the empty line, CRLFs included) to a request of ``method``;
-    InvalidResponse if it is malformed or its framing is ambiguous (RFC 9112 sections 4, 5, 6)."""
-    status = _STATUS_LINE.match(head)
-    if status is None:
-        line = head.split(b"\r\n", 1)[0]
-        raise InvalidResponse(f"malformed status line {line[:60]!r}")
-    start = status.end()
-    if _FIELDS.match(head, start).end() != len(head) - 2:
-        bad = head[_FIELDS.match(head, start).end():][:60]
-        raise InvalidResponse(f"malformed header field {bad!r}")
-    minor, code = status.group(1), int(status.group(2))
-    lengths: list[bytes] = []
-    coding: list[bytes] = []
-    fields: list[Header] = []
-    close = minor == b"0"
-    for name, value in _FIELD_PARTS.findall(head, start):
-        lower = name.lower()
-        if lower == b"content-length":
-            lengths.append(value)
-            continue
-        if lower == b"transfer-encoding":
-            coding.append(value)
-            continue
-        if lower == b"connection" and b"close" in value.lower():
-            close = close or b"close" in {t.strip().lower() for t in value.split(b",")}
-        fields.append((name, value))
-    length: int | None = None
-    if lengths:
-        values = {v.strip() for line in lengths for v in line.split(b",")}
-        if len(values) == 1 and next(iter(values)).isdigit() and len(next(iter(values))) <= 18:
-            length = int(next(iter(values)))
-    bodiless = method == b"HEAD" or code in (204, 304) or code < 200
-    if bodiless:
-        if code == 204 or code < 200:
-            length = None  # RFC 9110 section 8.6: no Content-Length in these
-        return Response(code, status.group(3) or b"", fields, NO_BODY, length, None, not close)
-    codings = None
-    if coding:
-        if minor == b"0":
-            raise InvalidResponse("Transfer-Encoding in an HTTP/1.0 response (RFC 9112 section 6.1)")
-        names = [t.strip().lower() for v in coding for t in v.split(b",")]
-        if names[-1] != b"chunked" or any(n not in _CODINGS for n in names[:-1]):
-            raise InvalidResponse(f"transfer coding {b', '.join(names)[:60]!r} (only chunked is framed)")
-        codings = b", ".join(names[:-1]) or None
-        # Content-Length beside Transfer-Encoding is dropped (RFC 9112 section 6.3); the sender's
-        # framing is suspect, so the connection is not reused.
-        return Response(code, status.group(3) or b"", fields, CHUNKED, None, codings,
-                        not close and not lengths)
-    if lengths:
-        if length is None:
-            raise InvalidResponse(f"invalid or differing Content-Length {b', '.join(lengths)[:60]!r}")
-        return Response(code, status.group(3) or b"", fields, LENGTH, length, None, not close)
-    return Response(code, status.group(3) or b"", fields, TO_CLOSE, None, None, False)
+def request_head(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]], length: int | None,
+                 close: bool) -> bytes:
+    """A request head for the upstream: the request line, ``fields``, ``Content-Length`` when
+    ``length`` is not None, ``Connection: close`` when the connection is not to be kept."""
+    lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in fields:
+        lines += (name, b": ", value, b"\r\n")
+    if length is not None:
+        lines.append(b"Content-Length: %d\r\n" % length)
+    if close:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
 
 
 @implementer(IPullProducer)
@@ -382,7 +310,7 @@ class UpstreamProtocol(Protocol):
         state, self.state = self.state, _DONE
         if handler is None or not was_connected:
             return
-        detail = _describe(reason)
+        detail = describe(reason)
         if not self.got_bytes:
             handler.upstream_failed(UpstreamFailure("no response", f"no response: {detail}",
                                                     stale=self.uses > 1, reason=reason))
@@ -396,7 +324,8 @@ class UpstreamProtocol(Protocol):
                                                     f"{detail}", reason=reason))
 
 
-def _describe(reason: Any) -> str:
+def describe(reason: Any) -> str:
+    """A failure in a few words for a log line (TLS failures explained by ``tls.py``)."""
     if reason is None:
         return "connection lost"
     try:
