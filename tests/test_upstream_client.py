@@ -309,3 +309,16 @@ def test_request_fields_reach_the_upstream_in_wire_order() -> None:
     lines = upstream.requests[0].split(b"\r\n")
     assert [line for line in lines if line[:2] in (b"X-", b"X_")][:3] == [b"X-A: 1", b"X-B: 2", b"X-A: 3"]
     assert not any(line.startswith(b"X_C") for line in lines)
+
+
+def test_a_client_that_leaves_ends_its_exchange_and_upstream_connection() -> None:
+    """The client closes while the upstream has not answered: the upstream connection is closed
+    (never pooled half-used), the lease released, and the server's health untouched."""
+    h = Harness()
+    client, upstream = serve(h, get(b"/x"), Silent())
+    assert upstream is not None and not upstream.lost and h.gateway.live
+    client.transport.loseConnection()
+    h.settle()
+    assert upstream.lost
+    assert not h.gateway.live
+    assert health(h) == [(0, 0, False), (0, 0, False)]

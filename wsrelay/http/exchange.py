@@ -98,7 +98,7 @@ class Exchange:
 
     def start(self) -> None:
         self.proxy.gateway.opened(self)
-        self.request.notifyFinish().addErrback(self.client_gone)
+        self.request.wsrelay_exchange = self  # told if the client leaves (no Deferred per request)
         if self.route.max_body_size and self.body_size > self.route.max_body_size:
             self.answer(PayloadTooLarge(f"body of {self.body_size} bytes over {self.route.max_body_size}"))
             return

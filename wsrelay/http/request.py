@@ -56,6 +56,8 @@ class RelayRequest(server.Request):
     #: set by the channel: the request's header fields in wire order (``requestHeaders`` groups
     #: them by name); what the site checks and the proxy forwards.
     wsrelay_raw: list[tuple[bytes, bytes]] | None = None
+    #: set by the HTTP proxy: the exchange to tell when the client leaves before the response ends.
+    wsrelay_exchange: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -149,6 +151,10 @@ class RelayRequest(server.Request):
 
     def connectionLost(self, reason: Any) -> None:
         # Only requests that reached a handler (requestReceived sets ``path``); the client left.
-        if not self.finished and not self.wsrelay_websocket and getattr(self, "path", None) is not None:
+        finished = self.finished
+        if not finished and not self.wsrelay_websocket and getattr(self, "path", None) is not None:
             self._log_line(499 if self.code == 200 and not self.startedWriting else self.code, self.sentLength)
         super().connectionLost(reason)
+        exchange, self.wsrelay_exchange = self.wsrelay_exchange, None
+        if exchange is not None and not finished:
+            exchange.client_gone(None)
