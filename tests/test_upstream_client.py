@@ -322,3 +322,14 @@ def test_a_client_that_leaves_ends_its_exchange_and_upstream_connection() -> Non
     assert upstream.lost
     assert not h.gateway.live
     assert health(h) == [(0, 0, False), (0, 0, False)]
+
+
+@pytest.mark.parametrize("field", [b"Connection: close", b"connection: Keep-Alive, CLOSE", b"CONNECTION: close"])
+def test_an_upstream_that_says_close_is_not_pooled(field: bytes) -> None:
+    """``Connection: close`` from the upstream (any case, in a token list): the response is
+    relayed, the field is not, and the connection is closed rather than pooled."""
+    h = Harness()
+    client, upstream = served_by(h, b"HTTP/1.1 200 OK\r\n" + field + b"\r\n" + OK_TAIL)
+    assert status(client) == 200 and client.received.endswith(b"\r\n\r\nok")
+    assert header_lines(client.head, b"connection") == []
+    assert upstream.lost

@@ -68,17 +68,19 @@ def parse_head(head: bytes, method: bytes) -> Response:
     coding: list[bytes] = []
     fields: list[Header] = []
     close = minor == b"0"
-    for name, value in _FIELD_PARTS.findall(head, start):
-        lower = name.lower()
-        if lower == b"content-length":
-            lengths.append(value)
-            continue
-        if lower == b"transfer-encoding":
-            coding.append(value)
-            continue
-        if lower == b"connection" and b"close" in value.lower():
-            close = close or b"close" in {t.strip().lower() for t in value.split(b",")}
-        fields.append((name, value))
+    for pair in _FIELD_PARTS.findall(head, start):
+        size = len(pair[0])
+        if size == 14 or size == 17 or size == 10:  # only these lengths can name framing fields
+            lower = pair[0].lower()
+            if lower == b"content-length":
+                lengths.append(pair[1])
+                continue
+            if lower == b"transfer-encoding":
+                coding.append(pair[1])
+                continue
+            if lower == b"connection" and b"close" in pair[1].lower():
+                close = close or b"close" in {t.strip().lower() for t in pair[1].split(b",")}
+        fields.append(pair)
     length: int | None = None
     if lengths:
         values = {v.strip() for line in lengths for v in line.split(b",")}
