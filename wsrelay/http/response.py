@@ -22,9 +22,9 @@ Header = tuple[bytes, bytes]
 
 _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?\r\n")
-_FIELD = rb"[%s]+:[\t ]*(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?[\t ]*\r\n" % _TCHAR
-_FIELDS = re.compile(rb"(?:%s)*" % _FIELD)
-_FIELD_PARTS = re.compile(rb"([%s]+):[\t ]*(.*?)[\t ]*\r\n" % _TCHAR)
+#: A field line: (the whole line, name, value with its surrounding whitespace).  A value is
+#: HTAB, SP, visible ASCII and obs-text only (RFC 9110 section 5.5).
+_FIELD = re.compile(rb"(([%s]+):([\t\x20-\x7e\x80-\xff]*)\r\n)" % _TCHAR)
 #: Codings a response may put before ``chunked`` (RFC 9110 section 8.4.1, IANA registry).
 _CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress", b"br", b"zstd"})
 
@@ -60,27 +60,31 @@ def parse_head(head: bytes, method: bytes) -> Response:
         line = head.split(b"\r\n", 1)[0]
         raise InvalidResponse(f"malformed status line {line[:60]!r}")
     start = status.end()
-    if _FIELDS.match(head, start).end() != len(head) - 2:
-        bad = head[_FIELDS.match(head, start).end():][:60]
-        raise InvalidResponse(f"malformed header field {bad!r}")
+    found = _FIELD.findall(head, start, len(head) - 2)
+    # findall skips what is not a field line: the lines found cover the section only if every
+    # line is one (they cannot overlap, so equal lengths mean no gap).
+    if sum([len(t[0]) for t in found]) != len(head) - 2 - start:
+        bad = _first_bad_line(head, start)
+        raise InvalidResponse(f"malformed header field {bad[:60]!r}")
     minor, code = status.group(1), int(status.group(2))
     lengths: list[bytes] = []
     coding: list[bytes] = []
     fields: list[Header] = []
     close = minor == b"0"
-    for pair in _FIELD_PARTS.findall(head, start):
-        size = len(pair[0])
+    for _, name, value in found:
+        value = value.strip(b" \t")
+        size = len(name)
         if size == 14 or size == 17 or size == 10:  # only these lengths can name framing fields
-            lower = pair[0].lower()
+            lower = name.lower()
             if lower == b"content-length":
-                lengths.append(pair[1])
+                lengths.append(value)
                 continue
             if lower == b"transfer-encoding":
-                coding.append(pair[1])
+                coding.append(value)
                 continue
-            if lower == b"connection" and b"close" in pair[1].lower():
-                close = close or b"close" in {t.strip().lower() for t in pair[1].split(b",")}
-        fields.append(pair)
+            if lower == b"connection" and b"close" in value.lower():
+                close = close or b"close" in {t.strip().lower() for t in value.split(b",")}
+        fields.append((name, value))
     length: int | None = None
     if lengths:
         values = {v.strip() for line in lengths for v in line.split(b",")}
@@ -108,3 +112,13 @@ def parse_head(head: bytes, method: bytes) -> Response:
             raise InvalidResponse(f"invalid or differing Content-Length {b', '.join(lengths)[:60]!r}")
         return Response(code, status.group(3) or b"", fields, LENGTH, length, None, not close)
     return Response(code, status.group(3) or b"", fields, TO_CLOSE, None, None, False)
+
+
+def _first_bad_line(head: bytes, start: int) -> bytes:
+    """The first line of the field section that is not a field line (for the log)."""
+    position = start
+    while True:
+        match = _FIELD.match(head, position)
+        if match is None:
+            return head[position:head.find(b"\n", position) + 1 or len(head)]
+        position = match.end()
