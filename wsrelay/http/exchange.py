@@ -87,7 +87,6 @@ class Exchange:
         self.connecting: Any = None  # the connect Deferred of a new connection
         self.deadline_timer = Deadline(self.reactor)  # send_timeout or read_timeout
         self.streaming = False  # the response head went to the client; its body follows
-        self.sent_any = False  # bytes of this request reached an upstream connection
         self.done = False
         self.broken = False  # an internal error ended it
         self.body_size = body_size(request)
@@ -166,7 +165,6 @@ class Exchange:
         if self.has_body:
             content.seek(0)
             self.arm_timer("send")
-        self.sent_any = True
         conn.request(self, self.request.method, self.head, content, self.body_size)
 
     # -- what the upstream connection reports ----------------------------------------------------------
@@ -273,7 +271,6 @@ class Exchange:
             cause = "connect timeout"
         else:
             error, cause = BadGateway(f"connect failed: {describe(reason)}"), "connect error"
-        self.sent_any = False
         self.fail(error, cause, retryable=True)
 
     def fail(self, error: ProxyError, cause: str, retryable: bool) -> None:
