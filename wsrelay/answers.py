@@ -6,6 +6,7 @@ no caching, and the headers the error carries (``Retry-After`` on 503, for insta
 
 from __future__ import annotations
 
+from twisted.web.http import datetimeToString
 from twisted.web.server import Request
 
 from wsrelay.errors import ProxyError
@@ -18,6 +19,7 @@ def answer_error(request: Request, error: ProxyError, *, close: bool = False) ->
     unknown state, so nothing after it can be trusted).
     """
     request.setResponseCode(error.status, error.reason.encode("ascii"))
+    request.responseHeaders.setRawHeaders(b"date", [datetimeToString()])
     for name in (b"server", b"content-encoding", b"transfer-encoding", b"set-cookie", b"etag", b"last-modified"):
         request.responseHeaders.removeHeader(name)
     request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
@@ -36,6 +38,7 @@ def answer_redirect(request: Request, status: int, location: bytes) -> bytes:
     """A 301/308 to ``location`` with a one-line body."""
     request.setResponseCode(status)
     request.responseHeaders.removeHeader(b"server")
+    request.responseHeaders.setRawHeaders(b"date", [datetimeToString()])
     request.responseHeaders.setRawHeaders(b"location", [location])
     request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
     body = b"Moved to " + location + b"\n"

@@ -225,9 +225,14 @@ class Balancer:
             raise GroupRemoved(f"upstream {group} was removed by a reload")
         states = self.states[group]
         now = self.clock.seconds()
-        candidates = [s for s in states.values() if s.server.key not in exclude and self._available(s, now)]
-        primaries = [s for s in candidates if not s.server.backup]
-        pool = primaries or [s for s in candidates if s.server.backup]
+        primaries: list[ServerState] = []
+        backups: list[ServerState] = []
+        for s in states.values():  # one pass: this runs for every request (see _available)
+            server = s.server
+            if (s.healthy and s.down_until <= now and (server.max_conns == 0 or s.active < server.max_conns)
+                    and (not exclude or server.key not in exclude)):
+                (backups if server.backup else primaries).append(s)
+        pool = primaries or backups
         if not pool:
             pool = self._least_recently_failed(states, exclude, now)
         if not pool:
@@ -279,6 +284,8 @@ class Balancer:
         return best
 
     def _least_conn(self, group: str, pool: list[ServerState]) -> ServerState:
+        if len(pool) == 1:
+            return pool[0]
         lowest = min(s.active / s.server.weight for s in pool)
         tied = [s for s in pool if s.active / s.server.weight == lowest]
         if len(tied) == 1:

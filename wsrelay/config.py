@@ -59,11 +59,19 @@ class Server:
     weight: int = 1
     max_conns: int = 0  # 0: unlimited
     backup: bool = False
+    # Computed once (they are asked for on every request): not part of equality or repr.
+    _key: str = attrs.field(init=False, eq=False, repr=False, default="")
+    _hostport: str = attrs.field(init=False, eq=False, repr=False, default="")
+
+    def __attrs_post_init__(self) -> None:
+        hostport = f"{V.host_for_url(self.host)}:{self.port}"
+        object.__setattr__(self, "_hostport", hostport)
+        object.__setattr__(self, "_key", f"{self.scheme}://{hostport}")
 
     @property
     def key(self) -> str:
         """Identity of the server across reloads (health and connection counts follow it)."""
-        return f"{self.scheme}://{V.host_for_url(self.host)}:{self.port}"
+        return self._key
 
     @property
     def tls(self) -> bool:
@@ -71,7 +79,7 @@ class Server:
 
     @property
     def hostport(self) -> str:
-        return f"{V.host_for_url(self.host)}:{self.port}"
+        return self._hostport
 
 
 @attrs.frozen
@@ -103,6 +111,7 @@ class Upstream:
     tls_ca: str | None  # None: the system trust store
     tls_server_name: str | None  # None: the server's host
     balance_explicit: bool = False  # False: balance was defaulted (least_conn if any WS route)
+    max_response_header_size: int = 65536  # a response head (status line and fields) larger: 502
 
 
 @attrs.frozen
@@ -332,6 +341,7 @@ def _upstream_keys(base: str) -> dict[str, _Key]:
         "health_rise": (V.int_range(1, 100), "2"),
         "health_fall": (V.int_range(1, 100), "3"),
         "keepalive": (V.int_range(0, 10_000), "16"),
+        "max_response_header_size": (V.parse_size, "64K"),
         "tls_verify": (V.parse_bool, "on"),
         "tls_ca": (V.file_path(base), ""),
         "tls_server_name": (V.tls_server_name, ""),
@@ -587,6 +597,8 @@ class _Builder:
             raise self.error(section, "sticky", "only applies with balance = cookie or header")
         if sticky and not re.match(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$", sticky):
             raise self.error(section, "sticky", f"{sticky!r} is not a valid cookie or header name")
+        if v["max_response_header_size"] < 1024:
+            raise self.error(section, "max_response_header_size", "must be at least 1K")
         health = None
         if v["health_check"] is not None:
             hpath, websocket = v["health_check"]
@@ -599,6 +611,7 @@ class _Builder:
             max_fails=v["max_fails"], fail_timeout=v["fail_timeout"], fail_statuses=v["fail_statuses"] or frozenset(),
             health=health, keepalive=v["keepalive"], tls_verify=v["tls_verify"], tls_ca=v["tls_ca"],
             tls_server_name=v["tls_server_name"] or None, balance_explicit=balance is not None,
+            max_response_header_size=v["max_response_header_size"],
         )
 
     def route(self, section: str, name: str, upstreams: Mapping[str, Upstream]) -> Route:

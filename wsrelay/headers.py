@@ -107,9 +107,14 @@ def parse_head(head: bytes) -> tuple[bytes, list[Header]]:
 
 def strip_hop_by_hop(headers: Iterable[Header], extra: Iterable[bytes] = ()) -> list[Header]:
     """Drop hop-by-hop fields, those named in ``Connection``, and the names in ``extra``."""
-    headers = list(headers)
-    drop = HOP_BY_HOP | tokens(headers, b"connection") | {e.lower() for e in extra}
-    return [(k, v) for k, v in headers if k.lower() not in drop]
+    lowered = [(k.lower(), k, v) for k, v in headers]  # one pass: this runs for every response
+    drop = HOP_BY_HOP
+    for lower, _, value in lowered:
+        if lower == b"connection":
+            drop = drop | {t.strip().lower() for t in value.split(b",")}
+    if extra:
+        drop = drop | {e.lower() for e in extra}
+    return [(k, v) for lower, k, v in lowered if lower not in drop]
 
 
 def request_to_upstream(
@@ -187,6 +192,7 @@ def _never_forwarded(drop: frozenset[bytes], passed: frozenset[bytes]) -> frozen
                      | {d.lower() for d in drop} | (SPOOFABLE - passed))
 
 
+@functools.lru_cache(maxsize=4096)
 def forwarded_value(client_ip: str | None, host: bytes | None, scheme: str) -> bytes:
     """One RFC 7239 ``Forwarded`` element: ``for`` (an IPv6 address in brackets, quoted), ``host``
     (quoted when it has a port) and ``proto``; parameters wsrelay does not know are left out."""

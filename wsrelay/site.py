@@ -36,7 +36,7 @@ def client_address(request: Request) -> str:
     return client_ip(request) or "unix"
 
 
-def drop_underscored(request: Request) -> None:
+def drop_underscored(request: Request) -> bool:
     """Remove header fields whose name holds ``_`` (nginx's ``underscores_in_headers off``).
 
     CGI and WSGI upstreams turn both ``X_Forwarded_For`` and ``X-Forwarded-For`` into
@@ -48,6 +48,10 @@ def drop_underscored(request: Request) -> None:
     names = [name for name, _ in headers.getAllRawHeaders() if b"_" in name]
     for name in names:
         headers.removeHeader(name)
+    raw = getattr(request, "wsrelay_raw", None)
+    if names and raw is not None:
+        request.wsrelay_raw = [(k, v) for k, v in raw if b"_" not in k]  # type: ignore[attr-defined]
+    return bool(names)
 
 
 class RelayResource(Resource):
@@ -79,7 +83,9 @@ class RelayResource(Resource):
         if not H.is_token(request.method):
             raise BadRequest(f"invalid method {request.method[:40]!r}")
         path = normalize_path(request.uri)  # origin-form, visible ASCII, unambiguous (routing.py)
-        raw = H.flatten(request.requestHeaders.getAllRawHeaders())
+        raw = getattr(request, "wsrelay_raw", None)  # the channel's fields, in wire order
+        if raw is None:
+            raw = H.flatten(request.requestHeaders.getAllRawHeaders())
         for name, value in raw:
             problem = H.bad_field(name, value)
             if problem is not None:
@@ -139,6 +145,7 @@ class RelaySite(Site):
         self.listener = listener
         self.displayTracebacks = False
         self.noisy = False
+        self.channels: set[RelayChannel] = set()  # open client connections (until detached)
 
     def use(self, listener: Listener) -> None:
         """Apply a reloaded listener's settings (redirect, redirect_port, hsts_max_age) to new
@@ -152,7 +159,16 @@ class RelaySite(Site):
 
     def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
         # The limits and deadlines of the configuration in force when the connection is made.
-        return RelayChannel(self, self.gateway.runtime.config)
+        channel = RelayChannel(self, self.gateway.runtime.config)
+        self.channels.add(channel)
+        return channel
+
+    def stopFactory(self) -> None:
+        """The listener's last port stopped (wsrelay is stopping, or a reload removed it): idle
+        keep-alive connections are closed at once, busy ones after the response under way."""
+        super().stopFactory()
+        for channel in list(self.channels):
+            channel.stop_keepalive()
 
     def log(self, request: Request) -> None:
         # The access log is written by the handlers, which know the upstream and timing.

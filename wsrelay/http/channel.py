@@ -35,6 +35,8 @@ from wsrelay.accesslog import format_line
 from wsrelay.errors import BadRequest, HeaderFieldsTooLarge, ProxyError, RequestTimeout, URITooLong
 from wsrelay.http import rules
 from wsrelay.http.chunked import ChunkedDecoder
+from wsrelay.http.deadline import Deadline
+from wsrelay.http.wire import Writer
 
 log = Logger()
 
@@ -67,14 +69,32 @@ class RelayChannel(Protocol):
         self._head = b""  # the head being judged, for the access-log line of a refusal
         self._remaining = 0  # Content-Length bytes still to come
         self._chunked: ChunkedDecoder | None = None
-        self._timer: Any = None
+        self._deadline = Deadline(self.reactor)
         self._host: Any = None
         self._peer: Any = None
 
     # -- connection ----------------------------------------------------------------------------
 
+    _writer: Writer | None = None
+    _head_out = b""  # a response head held until the body bytes that follow it in the same call
+
     def connectionMade(self) -> None:
+        self._writer = Writer(self.transport)
         self._set_timer(self.header_timeout, self._head_timed_out)
+
+    def _send(self, data: bytes) -> None:
+        if self._head_out:
+            data, self._head_out = self._head_out + data, b""
+        writer = self._writer
+        if writer is not None:
+            writer.write(data)
+        elif self.transport is not None:
+            self.transport.write(data)
+
+    def flush_head(self) -> None:
+        """Send a held response head (the request's ``write`` calls this when it returns)."""
+        if self._head_out:
+            self._send(b"")
 
     def getPeer(self) -> Any:
         if self._peer is None:
@@ -101,7 +121,8 @@ class RelayChannel(Protocol):
         self._feed(data)
 
     def connectionLost(self, reason: Any = None) -> None:
-        self._cancel_timer()
+        self.site.channels.discard(self)
+        self._stop_timer()
         state, self.state = self.state, _CLOSED
         request, self.request = self.request, None
         if request is not None and state != _DETACHED:
@@ -133,7 +154,7 @@ class RelayChannel(Protocol):
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
-        elif self.request is None and self._timer_kind == "keepalive":
+        elif self.request is None and self._deadline.kind == "keepalive":
             self._set_timer(self.header_timeout, self._head_timed_out)  # the first byte of a head
         if data.startswith(b"\r\n"):  # RFC 9112 section 2.2: empty lines before a request line
             data = data[_EMPTY_LINES.match(data).end():]  # one slice: linear in what is skipped
@@ -177,6 +198,7 @@ class RelayChannel(Protocol):
     def _start_request(self, fields: list[tuple[bytes, bytes]], method: bytes, target: bytes,
                        version: bytes) -> None:
         request = self.request = self.requestFactory(self)
+        request.wsrelay_raw = fields  # the fields in wire order, beside twisted.web's Headers
         add = request.requestHeaders.addRawHeader
         coding: list[bytes] = []
         length: int | None = 0
@@ -214,7 +236,7 @@ class RelayChannel(Protocol):
         if self.refused:
             return
         if expect and version == b"HTTP/1.1" and (self._remaining or self._chunked is not None):
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._send(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _body_data(self, data: bytes) -> bytes:
         self._set_timer(self.body_timeout, self._body_timed_out)
@@ -284,18 +306,22 @@ class RelayChannel(Protocol):
     # -- what twisted.web.server.Request calls ------------------------------------------------
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
-        lines = [version, b" ", code, b" ", reason, b"\r\n"]
+        request = self.request
+        lines = [version, b" ", code, b" ", reason, b"\r\n", getattr(request, "wsrelay_fields", b"")]
+        codings = getattr(request, "wsrelay_codings", None)  # an upstream's "gzip, chunked"
         for name, values in headers.getAllRawHeaders():
+            if codings is not None and name.lower() == b"transfer-encoding":
+                values = [codings + b", chunked"]
             for value in values:
                 lines += (name, b": ", value, b"\r\n")
         lines.append(b"\r\n")
-        self.transport.write(b"".join(lines))
+        self._head_out = b"".join(lines)
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        self._send(data)
 
     def writeSequence(self, data: list[bytes]) -> None:
-        self.transport.writeSequence(data)
+        self._send(b"".join(data))
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.transport.registerProducer(producer, streaming)
@@ -319,14 +345,32 @@ class RelayChannel(Protocol):
         if (transport is None or self.state != _HANDLING or not getattr(transport, "connected", True)
                 or getattr(transport, "disconnecting", False)):
             return None
+        self.flush_head()
+        self.site.channels.discard(self)
+        self._writer = None  # the transport is the WebSocket layer's from now on
         pending, self._pending = self._pending, b""
         self.state = _DETACHED
-        self._cancel_timer()
+        self._stop_timer()
         self.transport = None
         if self._paused:
             self._paused = False
             transport.resumeProducing()
         return transport, pending
+
+    def stop_keepalive(self) -> None:
+        """No more requests on this connection: closed now if it is idle between requests, else
+        after the response under way (which says ``Connection: close`` if its head is not out)."""
+        if self.state >= _CLOSED or self.transport is None:
+            return
+        self.persistent = False
+        if self.state == _READING_HEAD and not self._buffer and self.request is None:
+            self.state = _CLOSED
+            self._stop_timer()
+            self.transport.loseConnection()
+            return
+        request = self.request
+        if request is not None and not request.startedWriting:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
 
     # -- refusals and deadlines ------------------------------------------------------------------
 
@@ -343,7 +387,8 @@ class RelayChannel(Protocol):
                 b"Content-Type: text/plain; charset=utf-8", b"Content-Length: %d" % len(error.body),
                 b"Cache-Control: no-store", b"Connection: close"]
         head += [name + b": " + value for name, value in error.headers.items()]
-        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + error.body)
+        self._head_out = b""  # a response of the request being refused, never finished
+        self._send(b"\r\n".join(head) + b"\r\n\r\n" + error.body)
         request = request or self.request
         if request is not None:
             request.log_refusal(error.status, len(error.body))
@@ -358,37 +403,25 @@ class RelayChannel(Protocol):
                     duration=0.0))
         self.transport.loseConnection()
 
-    _timer_kind = "head"
-
     def _set_timer(self, seconds: float, call: Any, kind: str = "head") -> None:
-        self._timer_kind = kind
-        timer = self._timer
-        if timer is not None and timer.active():
-            if timer.func == call:  # type: ignore[attr-defined]
-                timer.reset(seconds)
-                return
-            timer.cancel()
-        self._timer = self.reactor.callLater(seconds, call)
+        self._deadline.set(seconds, call, kind)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self._timer_kind = "head"
+        self._deadline.clear()
+
+    def _stop_timer(self) -> None:
+        self._deadline.stop()
 
     def _head_timed_out(self) -> None:
-        self._timer = None
         if self._buffer or self.request is not None:
             self.refuse(RequestTimeout(f"no complete request head within {self.header_timeout}s"))
         else:  # nothing sent: nobody to answer
             self._close_quietly()
 
     def _body_timed_out(self) -> None:
-        self._timer = None
         self.refuse(RequestTimeout(f"no request body bytes for {self.body_timeout}s"))
 
     def _idle_timed_out(self) -> None:
-        self._timer = None
         self._close_quietly()
 
     def _close_quietly(self) -> None:

@@ -3,7 +3,9 @@
 It finds where a chunked body ends, so the bytes after it (a pipelined request) stay the
 channel's, and yields the body's data.  Refused with 400: a size that is not 1 to 15 hex digits,
 a chunk extension that is not ``; token[=token|quoted-string]``, a missing CRLF after a chunk's
-data, a size line or trailer section over its bound, a trailer line that is not a field.
+data, a size line or trailer section over its bound, chunk extensions over ``max_trailer`` bytes
+in all (each line is capped at 4K, and the total too: extensions are overhead a peer could
+otherwise send without end), a trailer line that is not a field.
 Trailer fields are dropped (never forwarded).
 """
 
@@ -32,6 +34,7 @@ class ChunkedDecoder:
         self.remaining = 0
         self.line = b""
         self.trailer = 0
+        self.extensions = 0
         self.max_trailer = max_trailer
 
     @property
@@ -68,6 +71,10 @@ class ChunkedDecoder:
                 m = _SIZE_LINE.fullmatch(line)
                 if m is None:
                     raise BadRequest(f"malformed chunk size line {line[:40]!r}")
+                if len(line) > m.end(1) + 2:
+                    self.extensions += len(line) - m.end(1) - 2
+                    if self.extensions > self.max_trailer:
+                        raise BadRequest(f"chunk extensions over {self.max_trailer} bytes in all")
                 self.remaining = int(m.group(1), 16)
                 self.state = _DATA if self.remaining else _TRAILER
             elif state == _DATA_END:

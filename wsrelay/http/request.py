@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from twisted.python.failure import Failure
 from twisted.web import server
 
 from wsrelay.accesslog import format_line
@@ -25,6 +26,20 @@ def client_ip(request: Any) -> str | None:
     return getattr(request.getClientAddress(), "host", None)
 
 
+def body_size(request: Any) -> int:
+    """The size of a request's spooled body."""
+    received = getattr(request, "wsrelay_received", None)  # counted as the body came in
+    if received is not None:
+        return received
+    content = request.content
+    if content is None:
+        return 0
+    position = content.tell()
+    size = content.seek(0, 2)
+    content.seek(position)
+    return size
+
+
 class RelayRequest(server.Request):
     """twisted.web's request with early body-size checks and access logging."""
 
@@ -32,6 +47,17 @@ class RelayRequest(server.Request):
     wsrelay_upstream: str | None = None
     #: set by the WebSocket gateway on takeover: the pair logs itself.
     wsrelay_websocket = False
+    #: set by the HTTP proxy: transfer codings of the upstream's body before chunked ("gzip"),
+    #: passed on to the client as they came (the body is not decoded).
+    wsrelay_codings: bytes | None = None
+    #: set by the HTTP proxy: the upstream's end-to-end fields as header lines, written before
+    #: responseHeaders (which holds wsrelay's own: framing, HSTS, the sticky cookie).
+    wsrelay_fields = b""
+    #: set by the channel: the request's header fields in wire order (``requestHeaders`` groups
+    #: them by name); what the site checks and the proxy forwards.
+    wsrelay_raw: list[tuple[bytes, bytes]] | None = None
+    #: set by the HTTP proxy: the exchange to tell when the client leaves before the response ends.
+    wsrelay_exchange: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -42,6 +68,21 @@ class RelayRequest(server.Request):
         # Kept here: twisted.web drops ``self.channel`` when the request finishes.
         self._gateway = self.channel.site.gateway
         self.defaultContentType = None  # never invent a Content-Type for upstream responses
+
+    def process(self) -> None:
+        """Render the site's one resource (a leaf: no traversal, no path segments unquoted).
+
+        Unlike twisted.web's, no ``Server`` or ``Date`` field is set first: a proxied response
+        carries the upstream's own (or none), and wsrelay's own answers set ``Date``
+        (``answers.py``)."""
+        self.site = self.channel.site
+        self.prepath = []
+        self.postpath = []
+        self.sitepath = []
+        try:
+            self.render(self.site.resource)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def gotLength(self, length: int | None) -> None:
         super().gotLength(length)
@@ -98,12 +139,22 @@ class RelayRequest(server.Request):
                        target=getattr(channel, "target", None) or b"-",
                        protocol=getattr(channel, "version", None) or b"HTTP/1.1")
 
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        channel = self.channel
+        if channel is not None:
+            channel.flush_head()  # the head and these body bytes go out in one write
+
     def finish(self) -> Any:
         self._log_line(self.code, self.sentLength)
         return super().finish()
 
     def connectionLost(self, reason: Any) -> None:
         # Only requests that reached a handler (requestReceived sets ``path``); the client left.
-        if not self.finished and not self.wsrelay_websocket and getattr(self, "path", None) is not None:
+        finished = self.finished
+        if not finished and not self.wsrelay_websocket and getattr(self, "path", None) is not None:
             self._log_line(499 if self.code == 200 and not self.startedWriting else self.code, self.sentLength)
         super().connectionLost(reason)
+        exchange, self.wsrelay_exchange = self.wsrelay_exchange, None
+        if exchange is not None and not finished:
+            exchange.client_gone(None)
