@@ -7,8 +7,7 @@ import struct
 import tracemalloc
 import zlib
 
-from twisted.test import iosim
-
+from tests.test_tunnel import PausableTransport
 from tests.test_websocket import Harness, RawClient, RawUpstream, frame, handshake, parse_frames
 from wsrelay.flow import OWN_FULL, PEER_FULL, BufferWatch, ReadGate
 from wsrelay.websocket.deflate import INFLATE_STEP
@@ -16,7 +15,7 @@ from wsrelay.websocket.deflate import INFLATE_STEP
 KiB = 1024
 
 
-class BufferedTransport(iosim.FakeTransport):
+class BufferedTransport(PausableTransport):
     """An iosim transport that behaves like a TCP one toward its producer and its protocol: it
     pauses its producer when more than ``bufferSize`` bytes wait to be written and resumes it
     when they have gone; while its peer is ``stalled`` (reads nothing) they never go; while it is
@@ -24,9 +23,7 @@ class BufferedTransport(iosim.FakeTransport):
 
     bufferSize = 64 * KiB
     stalled = False
-    paused = False
     producerPaused = False
-    held = b""
 
     def pending(self) -> int:
         return sum(len(chunk) for chunk in self.stream)
@@ -46,21 +43,6 @@ class BufferedTransport(iosim.FakeTransport):
             self.producerPaused = False
             self.producer.resumeProducing()
         return out
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        held, self.held = self.held, b""
-        if held:
-            self.protocol.dataReceived(held)
-
-    def bufferReceived(self, buf: bytes) -> None:
-        if self.paused:
-            self.held += buf
-        else:
-            super().bufferReceived(buf)
 
 
 def open_raw_pair(h: Harness) -> tuple[RawClient, object]:
