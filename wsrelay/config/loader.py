@@ -1,12 +1,9 @@
-"""INI text to frozen, validated configuration objects.
+"""INI text to a validated :class:`Config`: sections, keys, cross-checks.
 
 Invariants: nothing here touches sockets, files other than the one being parsed, or the reactor.
 Every problem is a :class:`ConfigError` that names the file, the section and the key; a
-configuration that parses is complete (every route's upstream exists, every listener's certificates
-exist, every value is in range), so the rest of wsrelay never re-validates it.
-
-The accepted shape is documented key by key in ``etc/relay.ini`` and README.rst; the tables
-``_SECTION_KEYS`` below are the single source of which keys exist.
+configuration that parses is complete (every route's upstream exists, every listener's
+certificates exist, every value is in range), so the rest of wsrelay never re-validates it.
 """
 
 from __future__ import annotations
@@ -15,379 +12,36 @@ import configparser
 import difflib
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
 import attrs
 
 from wsrelay import values as V
-
-DEFAULT_PATH = "etc/relay.ini"
-
-
-class ConfigError(Exception):
-    """A configuration problem, located as precisely as we can: file, section, key."""
-
-    def __init__(self, path: str, section: str | None, key: str | None, message: str) -> None:
-        super().__init__(path, section, key, message)
-        self.path = path
-        self.section = section
-        self.key = key
-        self.message = message
-
-    def __str__(self) -> str:
-        where = self.path
-        if self.section is not None:
-            where += f": [{self.section}]"
-        if self.key is not None:
-            where += f" {self.key}"
-        return f"{where}: {self.message}"
-
-
-# --------------------------------------------------------------------------------------------
-# The objects
-
-
-@attrs.frozen
-class Server:
-    """One server of an upstream group (nginx ``server`` inside ``upstream``)."""
-
-    scheme: str  # "http" (plain; ws for WebSocket) or "https" (TLS; wss for WebSocket)
-    host: str  # ASCII: a host name in A-labels, or an IP address (IPv6 compressed, no brackets)
-    port: int
-    weight: int = 1
-    max_conns: int = 0  # 0: unlimited
-    backup: bool = False
-    # Computed once (they are asked for on every request): not part of equality or repr.
-    _key: str = attrs.field(init=False, eq=False, repr=False, default="")
-    _hostport: str = attrs.field(init=False, eq=False, repr=False, default="")
-
-    def __attrs_post_init__(self) -> None:
-        hostport = f"{V.host_for_url(self.host)}:{self.port}"
-        object.__setattr__(self, "_hostport", hostport)
-        object.__setattr__(self, "_key", f"{self.scheme}://{hostport}")
-
-    @property
-    def key(self) -> str:
-        """Identity of the server across reloads (health and connection counts follow it)."""
-        return self._key
-
-    @property
-    def tls(self) -> bool:
-        return self.scheme == "https"
-
-    @property
-    def hostport(self) -> str:
-        return self._hostport
-
-
-@attrs.frozen
-class HealthCheck:
-    """Active health checks of an upstream group."""
-
-    path: str  # request target, e.g. "/healthz"
-    websocket: bool  # True: a WebSocket handshake to path; False: HTTP GET path, 2xx/3xx is healthy
-    interval: float
-    timeout: float
-    rise: int
-    fall: int
-
-
-@attrs.frozen
-class Upstream:
-    """An upstream group: servers, balancing, passive and active health, upstream TLS."""
-
-    name: str
-    servers: tuple[Server, ...]
-    balance: str  # round_robin | least_conn | ip_hash | cookie | header
-    sticky: str | None  # cookie or header name, for balance = cookie | header
-    max_fails: int  # 0: passive health off
-    fail_timeout: float
-    fail_statuses: frozenset[int]
-    health: HealthCheck | None
-    keepalive: int  # idle persistent connections kept per server
-    tls_verify: bool
-    tls_ca: str | None  # None: the system trust store
-    tls_server_name: str | None  # None: the server's host
-    balance_explicit: bool = False  # False: balance was defaulted (least_conn if any WS route)
-    max_response_header_size: int = 65536  # a response head (status line and fields) larger: 502
-
-
-@attrs.frozen
-class WebSocketOptions:
-    """How a route treats WebSocket upgrades."""
-
-    enabled: bool
-    mode: str  # relay | tunnel
-    ping_interval: float | None  # None: wsrelay sends no pings of its own
-    ping_timeout: float
-    idle_timeout: float | None  # None: no idle timeout
-    max_message_size: int  # 0: unlimited
-    max_frame_size: int  # 0: unlimited
-    allowed_origins: tuple[str, ...]  # ("*",): any Origin; requests with none pass unless require_origin
-    handshake_timeout: float
-    compression: bool  # permessage-deflate toward clients
-    upstream_compression: bool  # permessage-deflate toward upstreams
-    require_origin: bool = False  # True: with allowed_origins set, a handshake without Origin gets 403
-
-
-@attrs.frozen
-class Route:
-    """A location: which requests it takes (host, path) and where and how it sends them."""
-
-    name: str  # the section's name, for logs
-    path: str
-    exact: bool
-    hosts: tuple[str, ...]  # lower-case; "" tuple = any host; "*.example.com" wildcards
-    upstream: str
-    host_header: str | None  # None: pass the client's Host; "$upstream": the server's host:port
-    max_body_size: int  # 0: unlimited
-    connect_timeout: float
-    read_timeout: float
-    send_timeout: float
-    retries: int  # extra attempts on other servers when connecting fails
-    retry_timeout: float  # time budget for all attempts
-    redirect: int | None  # 301 / 308: answer with a redirect to https instead of proxying
-    websocket: WebSocketOptions
-    forwarded: bool = True  # send wsrelay's own RFC 7239 Forwarded (the client's is never passed)
-    pass_headers: frozenset[bytes] = frozenset()  # lower-case names of headers.SPOOFABLE let through
-
-
-@attrs.frozen
-class Certificate:
-    """A certificate chain and its key, served for ``hosts`` (SNI names)."""
-
-    name: str
-    cert_file: str
-    key_file: str
-    password: str | None
-    hosts: tuple[str, ...]  # empty: the names in the certificate itself
-
-
-@attrs.frozen
-class ServerTLS:
-    """TLS settings of a listener."""
-
-    certificates: tuple[str, ...]  # Certificate names, in order
-    default_certificate: str | None  # None: refuse handshakes with no or an unknown SNI name
-    min_version: str  # "1.2" | "1.3"
-    ciphers: str  # OpenSSL cipher string for TLS <= 1.2
-    hsts_max_age: int | None  # None: no Strict-Transport-Security header
-
-
-@attrs.frozen
-class Listener:
-    """A listening endpoint and how it treats connections."""
-
-    name: str
-    endpoint: str  # Twisted server endpoint string
-    tls: ServerTLS | None
-    redirect: int | None  # 301 / 308: every request is redirected to https
-    redirect_port: int | None  # port of the https URL; None: 443 (omitted from the URL)
-    underscores_in_headers: bool = False  # False: header names with '_' are dropped (nginx's default)
-    proxy_protocol: bool = False  # connections start with a PROXY protocol header (v1 or v2)
-
-
-@attrs.frozen
-class Admin:
-    """The admin listener ([admin]): health, readiness, status and metrics."""
-
-    endpoint: str
-    allow: tuple[Any, ...]  # ipaddress networks; empty: any client
-
-
-@attrs.frozen
-class Config:
-    """A whole, validated configuration. Swapped in whole on reload, never mutated."""
-
-    path: str
-    listeners: tuple[Listener, ...]
-    upstreams: Mapping[str, Upstream]
-    routes: tuple[Route, ...]
-    certificates: Mapping[str, Certificate]
-    access_log: str | None  # "-": stdout; None: off
-    workers: int
-    drain_timeout: float
-    max_request_line: int
-    max_header_size: int
-    sticky_secret: str | None = attrs.field(default=None, repr=False)  # None: sticky_secret_file or derived
-    sticky_secret_file: str | None = None  # read by wsrelay.sticky.load_key at load
-    client_header_timeout: float = 60.0  # the whole request head, from its first byte
-    client_body_timeout: float = 60.0  # between two reads of a request body
-    keepalive_timeout: float = 75.0  # an idle client connection between requests
-    admin: Admin | None = None  # None: no admin listener
-    log_format: str = "text"  # wsrelay's own log lines: text (twistd's) or json
-
-
-# --------------------------------------------------------------------------------------------
-# Upstream servers (values that are objects of this module)
-
-def _server(text: str, is_default_scheme: str = "http") -> Server:
-    words = text.split()
-    address = words[0]
-    scheme = is_default_scheme
-    m = re.match(r"^(https?|wss?)://(.*)$", address, re.IGNORECASE)
-    if m:
-        scheme = {"http": "http", "ws": "http", "https": "https", "wss": "https"}[m.group(1).lower()]
-        address = m.group(2).rstrip("/")
-    m = re.match(r"^(\[[^\]/]*\]|[^:\[\]/]+):(\d{1,5})$", address)
-    if not m:
-        raise ValueError(f"{words[0]!r} is not host:port (or [ipv6]:port, optionally https://...)")
-    host, port = V.server_host(m.group(1)), int(m.group(2))  # ASCII: A-labels, canonical IPv6
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{words[0]!r}: port {port} is out of range (1 to 65535)")
-    options: dict[str, Any] = {}
-    for word in words[1:]:
-        name, _, value = word.partition("=")
-        name = name.lower()
-        if name == "backup" and not value:
-            options["backup"] = True
-        elif name == "weight":
-            options["weight"] = V.int_range(1, 1000)(value)
-        elif name == "max_conns":
-            options["max_conns"] = V.int_range(0, 1_000_000)(value)
-        else:
-            raise ValueError(f"{word!r}: unknown server option (weight=N, max_conns=N, backup)")
-    return Server(scheme=scheme, host=host, port=port, **options)
-
-
-def _servers(text: str) -> tuple[Server, ...]:
-    # Servers are separated by spaces, commas or new lines; option words (weight=N, max_conns=N,
-    # backup) belong to the server before them.
-    groups: list[list[str]] = []
-    for word in text.replace(",", " ").split():
-        name = word.partition("=")[0].lower()
-        if name in {"weight", "max_conns", "backup"} or (groups and "=" in word and ":" not in word):
-            if not groups:
-                raise ValueError(f"{word!r} comes before any server")
-            groups[-1].append(word)
-        else:
-            groups.append([word])
-    if not groups:
-        raise ValueError("give at least one server, such as 127.0.0.1:9001")
-    servers = tuple(_server(" ".join(group)) for group in groups)
-    seen = set()
-    for server in servers:
-        if server.key in seen:
-            raise ValueError(f"{server.key} is listed twice")
-        seen.add(server.key)
-    if all(s.backup for s in servers):
-        raise ValueError("every server is a backup: at least one must not be")
-    return servers
-
-
-# --------------------------------------------------------------------------------------------
-# Which keys each kind of section takes, with their parsers and defaults (as text, parsed the
-# same way as user input so the defaults shown in etc/relay.ini are the real ones).
-
-_Key = tuple[Callable[[str], Any], str | None]  # parser, default text (None: required)
-
-
-def _global_keys(base: str) -> dict[str, _Key]:
-    return {
-        "listen": (V.endpoints, ""),
-        "access_log": (V.access_log(base), "-"),
-        "workers": (V.workers, "1"),
-        "drain_timeout": (V.parse_duration, "10s"),
-        "max_request_line": (V.parse_size, "8K"),
-        "max_header_size": (V.parse_size, "16K"),
-        "log_format": (V.choice("text", "json"), "text"),
-        "underscores_in_headers": (V.parse_bool, "off"),
-        "client_header_timeout": (V.parse_duration, "60s"),
-        "client_body_timeout": (V.parse_duration, "60s"),
-        "keepalive_timeout": (V.parse_duration, "75s"),
-        "sticky_secret": (V.secret, ""),
-        "sticky_secret_file": (V.file_path(base), ""),
-    }
-
-
-def _listener_keys(base: str) -> dict[str, _Key]:
-    return {
-        "endpoint": (V.endpoint, None),
-        "tls": (V.parse_bool, "off"),
-        "certificates": (V.words, ""),
-        "default_certificate": (lambda t: None if t.strip().lower() in {"", "none", "refuse"} else t.strip(), ""),
-        "tls_min_version": (V.tls_version, "1.2"),
-        "tls_ciphers": (V.cipher_string, V.MOZILLA_INTERMEDIATE_CIPHERS),
-        "hsts_max_age": (V.parse_optional_duration, "off"),
-        "redirect": (V.redirect, "off"),
-        "redirect_port": (V.int_range(1, 65535), ""),
-        "proxy_protocol": (V.parse_bool, "off"),
-        "underscores_in_headers": (V.parse_bool, ""),  # empty: the [wsrelay] setting
-    }
-
-
-def _certificate_keys(base: str) -> dict[str, _Key]:
-    return {
-        "cert": (V.file_path(base), None),
-        "key": (V.file_path(base), None),
-        "password": (V.password, ""),
-        "hosts": (V.host_patterns, ""),
-    }
-
-
-def _upstream_keys(base: str) -> dict[str, _Key]:
-    return {
-        "servers": (_servers, None),
-        "balance": (V.choice("round_robin", "least_conn", "ip_hash", "cookie", "header"), ""),
-        "sticky": (lambda t: t.strip(), ""),
-        "max_fails": (V.int_range(0, 1000), "1"),
-        "fail_timeout": (V.parse_duration, "10s"),
-        "fail_statuses": (V.status_set, "off"),
-        "health_check": (V.health_check, "off"),
-        "health_interval": (V.parse_duration, "5s"),
-        "health_timeout": (V.parse_duration, "2s"),
-        "health_rise": (V.int_range(1, 100), "2"),
-        "health_fall": (V.int_range(1, 100), "3"),
-        "keepalive": (V.int_range(0, 10_000), "16"),
-        "max_response_header_size": (V.parse_size, "64K"),
-        "tls_verify": (V.parse_bool, "on"),
-        "tls_ca": (V.file_path(base), ""),
-        "tls_server_name": (V.tls_server_name, ""),
-    }
-
-
-def _admin_keys(base: str) -> dict[str, _Key]:
-    return {
-        "endpoint": (lambda t: None if t.strip().lower() in {"", "off", "none"} else V.endpoint(t), "off"),
-        "allow": (V.networks, ""),
-    }
-
-
-def _route_keys(base: str) -> dict[str, _Key]:
-    return {
-        "path": (V.route_path, ""),
-        "host": (V.host_patterns, ""),
-        "upstream": (lambda t: t.strip(), ""),
-        "host_header": (V.host_header, "pass"),
-        "max_body_size": (V.parse_size, "16M"),
-        "connect_timeout": (V.parse_duration, "5s"),
-        "read_timeout": (V.parse_duration, "60s"),
-        "send_timeout": (V.parse_duration, "60s"),
-        "retries": (V.int_range(0, 10), "1"),
-        "retry_timeout": (V.parse_duration, "10s"),
-        "redirect": (V.redirect, "off"),
-        "forwarded": (V.parse_bool, "on"),
-        "pass_headers": (V.pass_headers, ""),
-        "websocket": (V.parse_bool, "on"),
-        "ws_mode": (V.choice("relay", "tunnel"), "relay"),
-        "ws_ping_interval": (V.parse_optional_duration, "30s"),
-        "ws_ping_timeout": (V.parse_duration, "10s"),
-        "ws_idle_timeout": (V.parse_optional_duration, "off"),
-        "ws_max_message_size": (V.parse_size, "16M"),
-        "ws_max_frame_size": (V.parse_size, "16M"),
-        "ws_allowed_origins": (V.origins, "*"),
-        "ws_require_origin": (V.parse_bool, "off"),
-        "ws_handshake_timeout": (V.parse_duration, "10s"),
-        "ws_compression": (V.parse_bool, "on"),
-        "ws_upstream_compression": (V.parse_bool, "off"),
-    }
-
-
-_SECTION_KINDS = ("wsrelay", "admin", "listener", "certificate", "upstream", "route")
-_UNNAMED = ("wsrelay", "admin")
-
+from wsrelay.config.keys import (
+    _SECTION_KINDS,
+    _UNNAMED,
+    _admin_keys,
+    _certificate_keys,
+    _global_keys,
+    _Key,
+    _listener_keys,
+    _route_keys,
+    _upstream_keys,
+)
+from wsrelay.config.model import (
+    Admin,
+    Certificate,
+    Config,
+    ConfigError,
+    HealthCheck,
+    Listener,
+    Route,
+    ServerTLS,
+    Upstream,
+    WebSocketOptions,
+)
 
 # --------------------------------------------------------------------------------------------
 # Parsing
@@ -653,15 +307,3 @@ class _Builder:
             retry_timeout=v["retry_timeout"], redirect=v["redirect"], websocket=ws,
             forwarded=v["forwarded"], pass_headers=v["pass_headers"] or frozenset(),
         )
-
-
-def describe_keys() -> dict[str, Iterable[str]]:
-    """The known keys of each section kind (for documentation tests)."""
-    return {
-        "wsrelay": _global_keys("."),
-        "admin": _admin_keys("."),
-        "listener": _listener_keys("."),
-        "certificate": _certificate_keys("."),
-        "upstream": _upstream_keys("."),
-        "route": _route_keys("."),
-    }
