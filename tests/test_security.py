@@ -422,3 +422,23 @@ def test_empty_lines_before_a_request_cost_linear_time() -> None:
     client, upstream = serve(h, b"\r\n" * 524288 + get(b"/x"))
     assert clock.process_time() - started < 1.0
     assert status(client) == 200 and upstream is not None
+
+
+@pytest.mark.parametrize("mode", ["ws_mode = relay", "ws_mode = tunnel"])
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 403 Forbidden\r\nX-Bad: a\x00b\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 403 Forbidden\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 302 Found\r\nLocation: /login\r\nContent-Length: 5, 6\r\n\r\nhello",
+])
+def test_a_malformed_handshake_refusal_is_judged_as_any_upstream_response(mode: str, answer: bytes) -> None:
+    """A WebSocket upstream that refuses with a head the HTTP engine would refuse (a NUL in a
+    value, obs-fold, differing lengths) gets the client a 502, counted against the server, and
+    none of its bytes: both kinds of upstream answer go through one parser."""
+    from tests.test_websocket import RawUpstream, handshake
+
+    h = Harness(mode)
+    client = h.raw_client(handshake())
+    h.accept_raw(RawUpstream(answer=answer))
+    assert status(client) == 502
+    assert b"X-Bad" not in client.received and b"X-Folded" not in client.received
+    assert sorted(failed for _, failed, _ in health(h)) == [0, 1]

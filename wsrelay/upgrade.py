@@ -39,7 +39,9 @@ from wsrelay.answers import answer_error
 from wsrelay.config import Route, Upstream
 from wsrelay.connect import upstream_endpoint
 from wsrelay.errors import BadGateway, GatewayTimeout, ProxyError, ServiceUnavailable
-from wsrelay.httpchannel import client_ip
+from wsrelay.http.request import client_ip
+from wsrelay.http.response import LENGTH, InvalidResponse
+from wsrelay.http.response import parse_head as parse_response
 
 log = Logger()
 
@@ -103,23 +105,24 @@ def refusal(head: bytes, rest: bytes, detail: str) -> ProxyError:
     A final status (2xx to 5xx: a redirect to a login page, a 401 and its challenge, a 503 and its
     Retry-After) goes to the client with the upstream's end-to-end fields, and its body if it came
     whole (``Content-Length``, at most ``REFUSAL_BODY_MAX``).  A 1xx (a 101 that failed the checks
-    included: it is not a final answer) or a malformed status line is a 502.
+    included: it is not a final answer) or a head the HTTP engine would refuse (a malformed status
+    line or field, ambiguous framing: ``wsrelay.http.response``) is a 502, counted against the
+    server.
     """
-    status_line, fields = H.parse_head(head)
-    parts = status_line.split(b" ", 2)
-    code = parts[1] if len(parts) > 1 else b""
-    status = int(code) if len(code) == 3 and code.isdigit() else 0
-    shown = status_line[:100].decode("latin-1")
-    if not 200 <= status <= 599:
+    shown = head.split(b"\r\n", 1)[0][:100].decode("latin-1")
+    try:  # judged as the HTTP engine judges every upstream response (wsrelay.http.response)
+        response = parse_response(head, b"GET")
+    except InvalidResponse as e:
+        return BadGateway(f"upstream answered the WebSocket handshake with an invalid head: {e}: {detail}")
+    status = response.code
+    if status < 200:
         return BadGateway(f"upstream answered the WebSocket handshake with {shown!r}: {detail}")
-    lengths = H.get(fields, b"content-length")
-    whole = (not H.get(fields, b"transfer-encoding") and len(lengths) == 1 and lengths[0].isdigit()
-             and int(lengths[0]) <= REFUSAL_BODY_MAX and len(rest) >= int(lengths[0]))
-    body = rest[:int(lengths[0])] if whole else None
-    passed = [(n, v) for n, v in H.strip_hop_by_hop(fields)
+    length = response.length if response.framing == LENGTH else None
+    body = rest[:length] if length is not None and length <= REFUSAL_BODY_MAX and len(rest) >= length else None
+    passed = [(n, v) for n, v in H.strip_hop_by_hop(response.fields)
               if n.lower() not in _NOT_PASSED and not n.lower().startswith(b"sec-websocket-")
               and (body is not None or not _describes_body(n))]
-    phrase = parts[2].decode("latin-1") if len(parts) > 2 else ""
+    phrase = response.phrase.decode("latin-1")
     reason = "".join(c for c in phrase if " " <= c <= "~")[:60].strip() or RESPONSES.get(status, b"Refused").decode()
     return UpstreamRefusal(status, reason, passed, body, f"upstream answered the WebSocket handshake with {shown!r}")
 
