@@ -76,7 +76,8 @@ class Gateway:
         self.access_log = open_access_log(config)  # first: it can fail
         self.reactor = reactor
         self.runtime = Runtime.build(config)
-        sticky = self._sticky_key(config)  # ConfigError for an unusable sticky_secret_file
+        sticky = load_key(config)  # ConfigError for an unusable sticky_secret_file
+        self._warn(sticky)
         self.balancer = Balancer(reactor, sticky.key)
         self.balancer.configure(config.upstreams)
         self.health = HealthChecker(reactor, self.balancer)
@@ -94,11 +95,9 @@ class Gateway:
             return None
         return open_access_log(config)
 
-    def _sticky_key(self, config: Config) -> StickyKey:
-        sticky = load_key(config)
+    def _warn(self, sticky: StickyKey) -> None:
         for warning in sticky.warnings:
             self.log.warn("{warning}", warning=warning)
-        return sticky
 
     def apply(self, config: Config, access_log: AccessLog | None = None, sticky: StickyKey | None = None) -> None:
         """Put a new, already validated configuration in service for new requests, with the
@@ -108,8 +107,7 @@ class Gateway:
             access_log = self.access_log_for(config)
         if sticky is None:
             sticky = load_key(config)
-        for warning in sticky.warnings:
-            self.log.warn("{warning}", warning=warning)
+        self._warn(sticky)
         self.balancer.configure(config.upstreams, sticky.key)
         self.health.configure(config.upstreams)
         if access_log is not None:

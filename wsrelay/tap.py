@@ -110,7 +110,7 @@ class _Guarded(Service):
     def setServiceParent(self, parent: Any) -> None:
         # twistd makes the application after makeService, then asks it for an ILogObserver
         # (unless --logger names one): log_format = json is set there.
-        if getattr(self.inner, "config", None) is not None and self.inner.config.log_format == "json":
+        if self.inner.config.log_format == "json":  # type: ignore[attr-defined]
             from twisted.logger import ILogObserver
 
             from wsrelay import logs
