@@ -191,18 +191,11 @@ class RelayService(MultiService):
         section, key = _listener_location(config, listener)
         creator = self._tls.contexts[listener.name] if listener.tls is not None else None
         site = RelaySite(self.gateway, listener)
-        try:
-            port = open_listener(
-                self.reactor, listener.endpoint, site, tls_creator=creator,
-                reuse_port=self.worker is not None or config.workers > 1,
-                port=self.port_overrides.get(listener.name), proxy_protocol=listener.proxy_protocol,
-            )
-        except (OSError, CannotListenError) as e:
-            reason = getattr(e, "socketError", None) or e
-            reason = getattr(reason, "strerror", None) or reason
-            raise ConfigError(config.path, section, key, f"cannot listen on {listener.endpoint!r}: {reason}") from None
-        except (ValueError, TypeError, KeyError) as e:
-            raise ConfigError(config.path, section, key, f"{listener.endpoint!r}: {e}") from None
+        port = _open(config, section, key, listener.endpoint, lambda: open_listener(
+            self.reactor, listener.endpoint, site, tls_creator=creator,
+            reuse_port=self.worker is not None or config.workers > 1,
+            port=self.port_overrides.get(listener.name), proxy_protocol=listener.proxy_protocol,
+        ))
         url = _url(port, listener)
         self.urls.append(url)
         self.log.info("wsrelay listening on {url} ({listener}{worker})", url=url, listener=listener.name,
@@ -229,12 +222,9 @@ class RelayService(MultiService):
             return
         from wsrelay.admin import admin_site
 
-        try:
-            self.admin_port = open_listener(self.reactor, admin.endpoint, admin_site(self, admin.allow))
-        except (OSError, CannotListenError, ValueError) as e:
-            reason = getattr(getattr(e, "socketError", None) or e, "strerror", None) or e
-            raise ConfigError(self.config.path, "admin", "endpoint",
-                              f"cannot listen on {admin.endpoint!r}: {reason}") from None
+        site = admin_site(self, admin.allow)
+        self.admin_port = _open(self.config, "admin", "endpoint", admin.endpoint,
+                                lambda: open_listener(self.reactor, admin.endpoint, site))
         self.log.info("wsrelay admin listening on {url}", url=_url(self.admin_port, None))
 
     def certificate_expiry(self) -> dict[str, float]:
@@ -395,6 +385,19 @@ class RelayService(MultiService):
                 timer.cancel()
 
         return idle.addBoth(done)
+
+
+def _open(config: Config, section: str, key: str, endpoint: str,
+          listen: Callable[[], IListeningPort]) -> IListeningPort:
+    """``listen()``, with a failure turned into the ConfigError naming ``section`` and ``key``."""
+    try:
+        return listen()
+    except (OSError, CannotListenError) as e:
+        reason = getattr(e, "socketError", None) or e
+        reason = getattr(reason, "strerror", None) or reason
+        raise ConfigError(config.path, section, key, f"cannot listen on {endpoint!r}: {reason}") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(config.path, section, key, f"{endpoint!r}: {e}") from None
 
 
 async def _stop(port: IListeningPort) -> None:
