@@ -335,13 +335,13 @@ class Exchange:
         """A failure of wsrelay's own, not the upstream's: one log line, a 500 (or an aborted
         response once its head was sent), the lease and the upstream connection given up, and
         passive health untouched."""
+        if self.broken:
+            return
+        self.broken = True
         log.error("route {route}: internal error handling {method} {target}: {error}",
                   route=self.route.name, method=escape(self.request.method[:40]),
                   target=escape(self.request.uri[:200]),
                   error=f"{reason.type.__name__}: {reason.getErrorMessage()}")
-        if self.broken:
-            return
-        self.broken = True
         self.disarm_timer()
         self.release()  # first: nothing that follows may count against the server
         self.request.wsrelay_upstream = None
