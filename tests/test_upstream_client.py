@@ -333,3 +333,29 @@ def test_an_upstream_that_says_close_is_not_pooled(field: bytes) -> None:
     assert status(client) == 200 and client.received.endswith(b"\r\n\r\nok")
     assert header_lines(client.head, b"connection") == []
     assert upstream.lost
+
+
+
+@pytest.mark.parametrize(("upstream_lines", "closed"), [
+    ("servers = 127.0.0.1:9001 127.0.0.1:9002", False),  # the same servers
+    ("servers = 127.0.0.1:9001 127.0.0.1:9002\nkeepalive = 8", False),  # pooling settings only
+    ("servers = 127.0.0.1:9003", True),  # the server that served is gone
+    ("servers = 127.0.0.1:9001 127.0.0.1:9002\nmax_response_header_size = 4096", True),  # made otherwise
+])
+def test_a_reload_closes_the_idle_connections_of_servers_it_removed_or_changed(
+        upstream_lines: str, closed: bool) -> None:
+    """Idle pooled connections of a server the reload removed, or whose connections it would now
+    make otherwise, are closed at once (not reused, not left for the idle timeout); the others
+    stay pooled."""
+    from tests.test_websocket import CONFIG, route_settings
+    from wsrelay import config
+
+    h = Harness()
+    _, first = serve(h, get(b"/x"))
+    assert first is not None and not first.lost and sum(map(len, h.gateway.http.pool.idle.values())) == 1
+    text = CONFIG.format(extra=route_settings(""), upstream_extra="").replace(
+        "servers = 127.0.0.1:9001 127.0.0.1:9002", upstream_lines)
+    h.gateway.apply(config.parse(text))
+    h.settle()
+    assert first.lost is closed
+    assert sum(map(len, h.gateway.http.pool.idle.values())) == (0 if closed else 1)

@@ -23,6 +23,7 @@ from wsrelay.accesslog import AccessLog, open_problem
 from wsrelay.balancing import Balancer
 from wsrelay.config import Config, ConfigError
 from wsrelay.healthcheck import HealthChecker
+from wsrelay.http.pool import made_with
 from wsrelay.routing import Router
 from wsrelay.sticky import StickyKey, load_key
 
@@ -113,6 +114,8 @@ class Gateway:
         if access_log is not None:
             old, self.access_log = self.access_log, access_log
             old.close()
+        was, now = made_with(self.runtime.config.upstreams), made_with(config.upstreams)
+        self.http.pool.retire([key for key, made in was.items() if now.get(key) != made])
         self.runtime = Runtime.build(config)
 
     def opened(self, exchange: Live) -> None:

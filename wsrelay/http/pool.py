@@ -9,19 +9,32 @@ Invariants:
   once; one idle for :data:`IDLE_TIMEOUT` seconds is closed by wsrelay.
 - New connections go through ``connect.upstream_endpoint``, so TLS upstreams, host names and
   connect timeouts are as for every other connection wsrelay makes.
+- A reload that removes a server (or its group) or changes what its connections were made with
+  (address, TLS settings) closes that server's idle connections at once (:meth:`Pool.retire`):
+  none is reused under the new configuration, and none lingers until its idle timeout.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from wsrelay.config import Upstream
 from wsrelay.http.upstream import UpstreamFactory, UpstreamProtocol
 
 #: Seconds an idle pooled connection is kept (below the common 60-75 s of upstream servers, so
 #: wsrelay rather than the server usually ends it, and a request seldom meets a closing one).
 IDLE_TIMEOUT = 50.0
+
+
+def made_with(upstreams: Mapping[str, Upstream]) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """What the pooled connections of each server (by pool key) were made with, beyond the
+    address in the key: the group's upstream TLS settings and its response head limit."""
+    return {(u.name, s.key): (u.max_response_header_size,) + ((u.tls_verify, u.tls_ca, u.tls_server_name)
+                                                            if s.tls else ())
+            for u in upstreams.values() for s in u.servers}
 
 
 class Pool:
@@ -69,6 +82,16 @@ class Pool:
         idle = self.idle.get(protocol.key)
         if idle and protocol in idle:
             idle.remove(protocol)
+
+    def retire(self, keys: Iterable[Any]) -> None:
+        """Close the idle connections of ``keys`` (servers a reload removed or changed)."""
+        for key in keys:
+            for protocol in list(self.idle.pop(key, ())):
+                timer = self.timers.pop(protocol, None)
+                if timer is not None and timer.active():
+                    timer.cancel()
+                protocol.close()
+            self.limits.pop(key, None)
 
     def idle_count(self, key: Any) -> int:
         return len(self.idle.get(key, ()))
