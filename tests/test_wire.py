@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from twisted.test import iosim
+
 from twisted.internet import tcp
 from twisted.internet.interfaces import ISSLTransport
 from zope.interface import directlyProvides
 
-from wsrelay.http.wire import Writer
+from wsrelay.http.wire import Writer, no_delay
 
 
 class FakeSocket:
@@ -78,3 +81,46 @@ def test_tls_and_other_transports_are_never_written_directly() -> None:
     other = Other()
     Writer(other).write(b"x")
     assert other.queued == [b"x"]
+
+
+class NoDelayTransport(iosim.FakeTransport):
+    """An in-memory TCP transport that records ``setTcpNoDelay`` (as tcp.Connection takes it)."""
+
+    made: list[NoDelayTransport] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.no_delay: list[bool] = []
+        self.made.append(self)
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay.append(enabled)
+
+
+@pytest.mark.parametrize("mode", ["http", "tunnel"])
+def test_nagle_is_off_on_both_connections_of_an_exchange(mode: str) -> None:
+    """TCP_NODELAY on the client's connection and on the upstream connection (HTTP, and a
+    tunnel's upstream; relayed WebSocket legs get it from Autobahn). With Nagle on, a streamed
+    response's second write waited 40 ms for the client's delayed acknowledgement."""
+    from tests.test_security import get, serve
+    from tests.test_tunnel import TUNNEL, open_tunnel
+    from tests.test_websocket import Harness, status
+
+    h = Harness(TUNNEL if mode == "tunnel" else "")
+    h.transport_type = NoDelayTransport
+    NoDelayTransport.made = []
+    client, _ = open_tunnel(h) if mode == "tunnel" else serve(h, get(b"/x"))
+    assert status(client) == (101 if mode == "tunnel" else 200)
+    # wsrelay's side of the client's connection, then of the upstream connection
+    assert [t.no_delay for t in NoDelayTransport.made] == [[True], [True]]
+
+
+def test_no_delay_leaves_a_connection_that_is_not_tcp_alone() -> None:
+    """A unix socket's transport refuses the option (OSError), another has no such method."""
+
+    class Unix:
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            raise OSError(95, "Operation not supported")
+
+    no_delay(Unix())
+    no_delay(object())

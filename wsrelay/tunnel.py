@@ -31,6 +31,7 @@ from twisted.web.server import Request
 from wsrelay import headers as H
 from wsrelay.config import Route, Upstream
 from wsrelay.errors import CLOSE_GOING_AWAY, BadGateway
+from wsrelay.http.wire import no_delay
 from wsrelay.upgrade import CLOSE_HANDSHAKE_TIMEOUT, Upgrade
 
 log = Logger()
@@ -141,6 +142,7 @@ class _UpstreamSide(Protocol):
         self.open = False
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self.tunnel.upstream_connected(self)
 
     def dataReceived(self, data: bytes) -> None:

@@ -36,7 +36,7 @@ from wsrelay.errors import BadRequest, HeaderFieldsTooLarge, ProxyError, Request
 from wsrelay.http import rules
 from wsrelay.http.chunked import ChunkedDecoder
 from wsrelay.http.deadline import Deadline
-from wsrelay.http.wire import Writer
+from wsrelay.http.wire import Writer, no_delay
 
 log = Logger()
 
@@ -79,6 +79,7 @@ class RelayChannel(Protocol):
     _head_out = b""  # a response head held until the body bytes that follow it in the same call
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self._writer = Writer(self.transport)
         self._set_timer(self.header_timeout, self._head_timed_out)
 

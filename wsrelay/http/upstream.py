@@ -31,7 +31,7 @@ from zope.interface import implementer
 from wsrelay.errors import BadRequest
 from wsrelay.http.chunked import ChunkedDecoder
 from wsrelay.http.response import CHUNKED, LENGTH, NO_BODY, TO_CLOSE, InvalidResponse, parse_head
-from wsrelay.http.wire import Writer
+from wsrelay.http.wire import Writer, no_delay
 
 #: Body bytes read from the spool file per write.
 _READ_SIZE = 256 * 1024
@@ -122,6 +122,7 @@ class UpstreamProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.connected = True
+        no_delay(self.transport)
         self.writer = Writer(self.transport)
 
     # -- the request ----------------------------------------------------------------------------
