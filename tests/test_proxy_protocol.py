@@ -82,6 +82,7 @@ def test_a_connection_without_a_header_is_closed_unanswered(
     assert exchange(relay.port, REQUEST) == b""
     assert upstream.connections == 0
     assert poll_until(lambda: relay.open_connections(relay.port) == 0)
+    relay.output.wait_for(r"PROXY protocol: connection from 127\.0\.0\.1:\d+ closed: no PROXY protocol header")
 
 
 def test_proxy_protocol_before_tls(tmp_path: Path, upstream: ScriptedUpstream,

@@ -5,7 +5,7 @@
 them) and adopted by the reactor; other endpoint kinds (``unix:``, ``systemd:``) go through
 Twisted's ``serverFromString``.  TLS wraps the site's factory with ``TLSMemoryBIOFactory`` either
 way, and a listener with ``proxy_protocol`` reads a PROXY protocol header before anything else
-(Twisted's ``proxyEndpoint``).  Failures raise :class:`OSError` or :class:`ValueError` with a readable message; the caller
+(:class:`ProxyHeaderFactory`).  Failures raise :class:`OSError` or :class:`ValueError` with a readable message; the caller
 turns them into a ConfigError naming the section and key.
 """
 
@@ -15,11 +15,18 @@ import re
 import socket
 from typing import Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
-from twisted.protocols.haproxy import proxyEndpoint
+from twisted.internet.interfaces import IAddress, IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import directlyProvides, providedBy
+
+from wsrelay.proxyheader import InvalidHeader, parse
+
+log = Logger()
 
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")
 
@@ -57,13 +64,15 @@ def is_tcp(description: str) -> bool:
 
 
 def open_listener(reactor: Any, description: str, factory: Factory, *, tls_creator: Any = None,
-                  reuse_port: bool = False, port: int | None = None, proxy_protocol: bool = False) -> IListeningPort:
+                  reuse_port: bool = False, port: int | None = None, proxy_protocol: bool = False,
+                  header_timeout: float = 60.0) -> IListeningPort:
     """Listen on ``description`` with ``factory`` (wrapped in TLS if ``tls_creator``).
 
     ``port`` overrides the endpoint's port (workers join the port their master bound).
     ``proxy_protocol``: every connection starts with a PROXY protocol header (v1 or v2, from an L4
-    load balancer), read before anything else (TLS included); the address it gives is the
-    connection's peer from then on.  A connection without a valid header is closed.
+    load balancer), read before anything else (TLS included), within ``header_timeout``; the
+    address it gives is the connection's peer from the start.  A connection without a valid header
+    is closed, with a log line.
     """
     if tls_creator is not None:
         factory = TLSMemoryBIOFactory(tls_creator, False, factory)
@@ -75,7 +84,7 @@ def open_listener(reactor: Any, description: str, factory: Factory, *, tls_creat
     else:
         endpoint = serverFromString(reactor, description)
     if proxy_protocol:
-        endpoint = proxyEndpoint(endpoint)
+        factory = ProxyHeaderFactory(reactor, factory, header_timeout)
     result: list[Any] = []
     endpoint.listen(factory).addBoth(result.append)  # these endpoints listen at once
     if not result:
@@ -101,3 +110,95 @@ def _bound_socket(family: int, interface: str, port: int, backlog: int, reuse_po
         sock.close()
         raise
     return sock.detach()
+
+
+class ProxyHeaderProtocol(ProtocolWrapper):
+    """Reads the PROXY header, then makes the wrapped protocol's connection, whose peer and host
+    are the header's addresses (the connection's own for a header that names none)."""
+
+    factory: ProxyHeaderFactory
+
+    def __init__(self, factory: ProxyHeaderFactory, wrapped: Protocol) -> None:
+        super().__init__(factory, wrapped)
+        self.received = b""
+        self.header_read = False
+        self.refused = False
+        self.peer: IAddress | None = None
+        self.host: IAddress | None = None
+        self.timer: Any = None
+
+    def makeConnection(self, transport: Any) -> None:
+        # ProtocolWrapper.makeConnection, but the wrapped protocol's connection is made only once
+        # the header is read, so nothing in it ever sees the balancer's address as the client's.
+        directlyProvides(self, providedBy(transport))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        self.timer = self.factory.reactor.callLater(self.factory.timeout, self._refuse,
+                                                    f"no complete PROXY header within {self.factory.timeout:g}s")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.header_read:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        if self.refused:
+            return
+        received = self.received + data
+        try:
+            header = parse(received)
+        except InvalidHeader as e:
+            self._refuse(str(e))
+            return
+        if header is None:
+            self.received = received
+            return
+        self.received, self.header_read = b"", True
+        self.timer.cancel()
+        if header.source is not None and header.destination is not None:
+            self.peer, self.host = _address(header.source), _address(header.destination)
+        self.wrappedProtocol.makeConnection(self)
+        rest = received[header.length:]
+        if rest and not self.disconnecting:
+            self.wrappedProtocol.dataReceived(rest)
+
+    def _refuse(self, reason: str) -> None:
+        self.refused = True
+        if self.timer.active():
+            self.timer.cancel()
+        log.warn("PROXY protocol: connection from {peer} closed: {reason}",
+                 peer=_text(self.transport.getPeer()), reason=reason)
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        if self.header_read:
+            super().connectionLost(reason)
+        else:
+            self.factory.unregisterProtocol(self)
+
+    def getPeer(self) -> IAddress:
+        return self.peer or self.transport.getPeer()
+
+    def getHost(self) -> IAddress:
+        return self.host or self.transport.getHost()
+
+
+class ProxyHeaderFactory(WrappingFactory):
+    """Wraps a listener's factory so that each connection starts with a PROXY header."""
+
+    protocol = ProxyHeaderProtocol
+
+    def __init__(self, reactor: Any, wrapped: Factory, timeout: float) -> None:
+        super().__init__(wrapped)
+        self.reactor = reactor
+        self.timeout = timeout
+
+
+def _address(pair: tuple[str, int]) -> IAddress:
+    kind = IPv6Address if ":" in pair[0] else IPv4Address
+    return kind("TCP", *pair)
+
+
+def _text(address: Any) -> str:
+    host = getattr(address, "host", None)
+    return f"{host}:{address.port}" if host is not None else str(address)

@@ -195,6 +195,7 @@ class RelayService(MultiService):
             self.reactor, listener.endpoint, site, tls_creator=creator,
             reuse_port=self.worker is not None or config.workers > 1,
             port=self.port_overrides.get(listener.name), proxy_protocol=listener.proxy_protocol,
+            header_timeout=config.client_header_timeout,
         ))
         url = _url(port, listener)
         self.urls.append(url)
