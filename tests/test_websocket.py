@@ -231,7 +231,7 @@ class Client(Recorder, WebSocketClientProtocol):
 def upstream_factory(clock: MemoryReactorClock, **attrs: Any) -> WebSocketServerFactory:
     factory = WebSocketServerFactory(reactor=clock, server=None)
     factory.protocol = type("TestUpstream", (Upstream,), attrs)
-    factory.setProtocolOptions(failByDrop=False, echoCloseCodeReason=True, webStatus=False)
+    factory.setProtocolOptions(failByDrop=False, echoCloseCodeReason=True, webStatus=False, allowNullOrigin=True)
     return factory
 
 
@@ -637,6 +637,23 @@ def test_a_handshake_without_origin_passes_allowed_origins(extra: str) -> None:
     client = h.raw_client(handshake())
     h.accept_upstream()
     assert status(client) == 101
+
+
+@pytest.mark.parametrize(("origin", "valid"), [
+    (b"https://app.example", True), (b"http://app.example:8080", True), (b"null", True), (b"NULL", True),
+    (b"file://", True), (b"chrome-extension://abcdefghijklmnop", True), (b"http://[2001:db8::1]:443", True),
+    (b"https://app.example:99999", False), (b"https://app.example:x", False), (b"app.example", False),
+    (b"https://", False), (b"", False), (b"http://[2001:db8::1", False),
+])
+def test_an_origin_the_client_leg_could_not_take_is_a_400(origin: bytes, valid: bool) -> None:
+    """An Origin with no host, or a port that is not a port, is refused before any upstream; the
+    shapes browsers send (null, file://, extension schemes, IPv6 literals) pass."""
+    h = Harness()
+    client = h.raw_client(handshake(extra=[b"Origin: " + origin]))
+    if valid:
+        h.accept_upstream()
+    assert status(client) == (101 if valid else 400)
+    assert h.attempts() == (1 if valid else 0)
 
 
 def test_allowed_origin_passes() -> None:

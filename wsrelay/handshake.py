@@ -10,7 +10,8 @@ import base64
 import binascii
 import re
 
-from autobahn.websocket.protocol import _url_to_origin
+from urllib.parse import urlsplit
+
 from twisted.web.server import Request
 
 from wsrelay import headers as H
@@ -51,11 +52,8 @@ def check_handshake(request: Request, route: Route, raw: list[tuple[bytes, bytes
     origins = H.get(raw, b"origin")
     if len(origins) > 1:
         raise BadRequest("more than one Origin header")
-    if origins:
-        try:
-            _url_to_origin(origins[0].strip().decode("latin-1"))
-        except ValueError:
-            raise BadRequest(f"invalid Origin {origins[0][:100]!r}") from None
+    if origins and not valid_origin(origins[0].strip().decode("latin-1")):
+        raise BadRequest(f"invalid Origin {origins[0][:100]!r}")
     allowed = route.websocket.allowed_origins
     if allowed != ("*",):
         # Browsers always send Origin, so a handshake without one is not a browser's: refusing
@@ -71,3 +69,17 @@ def check_handshake(request: Request, route: Route, raw: list[tuple[bytes, bytes
     if any(not _TOKEN.match(p) for p in protocols):
         raise BadRequest("invalid subprotocol token")
     return protocols
+
+
+def valid_origin(value: str) -> bool:
+    """Whether an Origin value is one the client leg's WebSocket server accepts: ``null``, a
+    ``file:`` URL (Chromium's, for local pages), or a URL with a host and, if any, a port of
+    digits within 0-65535 (RFC 6454's serialization is scheme://host[:port])."""
+    if value.lower() == "null":
+        return True
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (a port that is not a number, or out of range: ValueError)
+    except ValueError:
+        return False
+    return parts.scheme.lower() == "file" or bool(parts.hostname)

@@ -52,6 +52,9 @@ class WebSocketGateway:
                 openHandshakeTimeout=ws.handshake_timeout, closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
                 perMessageCompressionAccept=_accept_deflate if ws.compression else (lambda offers: None),
                 tcpNoDelay=True,
+                # Origin policy is handshake.check_handshake's (ws_allowed_origins), decided before
+                # any upstream is contacted; Autobahn's own default refuses "null" after that.
+                allowNullOrigin=True,
             )
             self._server_factories = {r: f for r, f in self._server_factories.items()
                                       if r in self.gateway.runtime.config.routes}
