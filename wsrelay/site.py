@@ -25,7 +25,8 @@ from wsrelay.config import Listener
 from wsrelay.errors import BadRequest, NotFound, ProxyError
 from wsrelay.gateway import Gateway
 from wsrelay.http.channel import RelayChannel
-from wsrelay.http.request import RelayRequest, client_ip
+from wsrelay.http.request import RelayRequest, client_ip, peer_ip
+from wsrelay.realip import TrustedProxies
 from wsrelay.routing import normalize_host, normalize_path
 
 #: An IP literal, or a name of non-empty labels (a trailing dot allowed), and an optional port.
@@ -63,8 +64,14 @@ class RelayResource(Resource):
     def __init__(self, gateway: Gateway, listener: Listener) -> None:
         super().__init__()
         self.gateway = gateway
-        self.listener = listener
         self.scheme = "https" if listener.tls is not None else "http"
+        self.use(listener)
+
+    def use(self, listener: Listener) -> None:
+        """The listener's settings for new requests (built once per configuration)."""
+        self.listener = listener
+        trusted = TrustedProxies(listener.trusted_proxies)
+        self.trusted = trusted if trusted else None
 
     def render(self, request: Request) -> bytes | int:
         try:
@@ -100,6 +107,9 @@ class RelayResource(Resource):
             raise BadRequest(f"invalid Host header {host[:100]!r}")
         if not self.listener.underscores_in_headers:
             drop_underscored(request)
+        trusted = self.trusted
+        if trusted is not None:  # the client a trusted proxy names (wsrelay.realip), once per request
+            request.wsrelay_client = trusted.client(peer_ip(request), raw)  # type: ignore[attr-defined]
         tls = self.listener.tls
         if tls is not None and tls.hsts_max_age:
             request.responseHeaders.setRawHeaders(
@@ -151,7 +161,8 @@ class RelaySite(Site):
         """Apply a reloaded listener's settings (redirect, redirect_port, hsts_max_age) to new
         requests.  Whether it is TLS cannot change: the socket keeps its factory."""
         assert (listener.tls is None) == (self.listener.tls is None), "tls on/off needs a restart"
-        self.listener = self.resource.listener = listener
+        self.listener = listener
+        self.resource.use(listener)
 
     def acceptableProtocols(self) -> list[bytes]:
         # Never offer h2 through ALPN: WebSocket takeover and streaming need HTTP/1.1.

@@ -126,6 +126,14 @@ def networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, 
     return tuple(found)
 
 
+def trusted_proxies(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Networks of the proxies whose ``X-Forwarded-For`` / ``Forwarded`` name the client, or
+    ``off`` for none."""
+    if text.strip().lower() in _OFF:
+        return ()
+    return networks(text)
+
+
 def host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 

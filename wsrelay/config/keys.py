@@ -93,6 +93,7 @@ def _global_keys(base: str) -> dict[str, _Key]:
         "keepalive_timeout": (V.parse_duration, "75s"),
         "sticky_secret": (V.secret, ""),
         "sticky_secret_file": (V.file_path(base), ""),
+        "trusted_proxies": (V.trusted_proxies, "off"),
     }
 
 
@@ -109,6 +110,7 @@ def _listener_keys(base: str) -> dict[str, _Key]:
         "redirect_port": (V.int_range(1, 65535), ""),
         "proxy_protocol": (V.parse_bool, "off"),
         "underscores_in_headers": (V.parse_bool, ""),  # empty: the [wsrelay] setting
+        "trusted_proxies": (V.trusted_proxies, ""),  # empty: the [wsrelay] setting
     }
 
 

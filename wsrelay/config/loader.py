@@ -139,14 +139,15 @@ class _Builder:
 
         glob = self.values(sections["wsrelay"][0][0], _global_keys(self.base)) if sections["wsrelay"] else \
             {k: (p(d) if d else None) for k, (p, d) in _global_keys(self.base).items()}
+        glob["trusted_proxies"] = glob["trusted_proxies"] or ()
         certificates = {name: self.certificate(section, name) for section, name in sections["certificate"]}
         listeners = [
             Listener(name=f"listen {i + 1}", endpoint=endpoint, tls=None, redirect=None, redirect_port=None,
-                     underscores_in_headers=glob["underscores_in_headers"])
+                     underscores_in_headers=glob["underscores_in_headers"], trusted_proxies=glob["trusted_proxies"])
             for i, endpoint in enumerate(glob["listen"] or ())
         ]
-        listeners += [self.listener(section, name, certificates, glob["underscores_in_headers"])
-                      for section, name in sections["listener"]]
+        listeners += [self.listener(section, name, certificates, glob["underscores_in_headers"],
+                                    glob["trusted_proxies"]) for section, name in sections["listener"]]
         if not listeners:
             raise self.error("wsrelay", "listen", "no listener: give 'listen = tcp:PORT' or a [listener NAME] section")
         if glob["sticky_secret"] is not None and glob["sticky_secret_file"] is not None:
@@ -212,7 +213,7 @@ class _Builder:
                            hosts=v["hosts"] or ())
 
     def listener(self, section: str, name: str, certificates: Mapping[str, Certificate],
-                 underscores_in_headers: bool = False) -> Listener:
+                 underscores_in_headers: bool = False, trusted_proxies: tuple[Any, ...] = ()) -> Listener:
         v = self.values(section, _listener_keys(self.base))
         tls = None
         if v["tls"]:
@@ -237,9 +238,11 @@ class _Builder:
         if v["redirect"] is not None and tls is not None:
             raise self.error(section, "redirect", "a TLS listener cannot redirect to https: it is https")
         underscores = v["underscores_in_headers"]
+        trusted = v["trusted_proxies"]
         return Listener(name=name, endpoint=v["endpoint"], tls=tls, redirect=v["redirect"],
                         redirect_port=v["redirect_port"], proxy_protocol=v["proxy_protocol"],
-                        underscores_in_headers=underscores_in_headers if underscores is None else underscores)
+                        underscores_in_headers=underscores_in_headers if underscores is None else underscores,
+                        trusted_proxies=trusted_proxies if trusted is None else trusted)
 
     def upstream(self, section: str, name: str) -> Upstream:
         v = self.values(section, _upstream_keys(self.base))

@@ -176,6 +176,8 @@ class Listener:
     redirect_port: int | None  # port of the https URL; None: 443 (omitted from the URL)
     underscores_in_headers: bool = False  # False: header names with '_' are dropped (nginx's default)
     proxy_protocol: bool = False  # connections start with a PROXY protocol header (v1 or v2)
+    #: ipaddress networks: peers whose X-Forwarded-For / Forwarded name the client (wsrelay.realip)
+    trusted_proxies: tuple[Any, ...] = ()
 
 
 @attrs.frozen
