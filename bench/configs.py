@@ -18,7 +18,9 @@
   default of 1000 would make wrk reconnect; wsrelay has no such limit).
 * ``wsrelay_ini``: wsrelay with ``/`` to the origin, ``=/sink`` to the Node.js server, ``/ws/`` to the echo upstream in relay mode
   and ``/tunnel/`` in tunnel mode; no pings (``ws_ping_interval = off``), 4 MiB message and frame
-  limits, ``access_log = off``, ``keepalive = 32`` toward the HTTP upstreams (as tuned nginx).
+  limits, ``access_log = off``, ``keepalive = 32`` toward the HTTP upstreams (as tuned nginx);
+  the environment variable ``BENCH_WSRELAY_SETTINGS`` adds lines to its ``[wsrelay]`` section (an
+  A/B of a setting, e.g. ``limit_conn = 100000``; an older twistd may not know the key).
 """
 
 from __future__ import annotations
@@ -170,6 +172,7 @@ listen = tcp:{port}:interface=127.0.0.1
 access_log = off
 workers = {workers}
 drain_timeout = 1s
+{os.environ.get("BENCH_WSRELAY_SETTINGS", "")}
 
 [upstream origin]
 servers = 127.0.0.1:{origin_port}

@@ -125,7 +125,8 @@ def test_requests_that_could_not_be_forwarded_are_400_before_a_server(request_by
 @pytest.mark.parametrize("where", ["building the request", "handling the response"])
 def test_an_exception_inside_wsrelay_is_a_500_that_releases_everything(where: str, monkeypatch: Any) -> None:
     """An exception in wsrelay's own code: a 500 with one log line, the lease released (active back to
-    0), health untouched, the exchange no longer live and the upstream connection closed."""
+    0), health untouched, the exchange no longer live (nor counted for limit_conn) and the upstream
+    connection closed."""
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("bug")
 
@@ -137,7 +138,7 @@ def test_an_exception_inside_wsrelay_is_a_500_that_releases_everything(where: st
     client, upstream = serve(h, get(b"/x"))
     assert status(client) == 500
     assert health(h) == HEALTHY
-    assert not h.gateway.live
+    assert not h.gateway.live and not h.gateway.limits.conns  # nor counted for limit_conn
     assert len(errors) == 1 and "RuntimeError: bug" in errors[0]
     if upstream is not None:  # the response had come: its connection is not left in the pool half-read
         assert upstream.lost

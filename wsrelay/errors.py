@@ -84,6 +84,13 @@ class UpgradeRequired(ProxyError):
     status, reason = 426, "Upgrade Required"
 
 
+class TooManyRequests(ProxyError):
+    """A per-client limit (``limit_conn``, ``limit_req``); carries ``Retry-After``.  Its log line is
+    the limit's own, rate-limited (``wsrelay.limits.RefusalLog``)."""
+
+    status, reason = 429, "Too Many Requests"
+
+
 class HeaderFieldsTooLarge(ProxyError):
     status, reason = 431, "Request Header Fields Too Large"
 

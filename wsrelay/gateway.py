@@ -9,6 +9,9 @@ Invariants:
 - Every open HTTP exchange and WebSocket pair is registered in ``live`` so that stopping can
   drain them: ``live`` holds objects with a ``shutdown()`` method that ends them politely (a close
   frame with 1001 for WebSockets, an abort for requests still running at the drain deadline).
+  The same registration counts them per client address for ``limit_conn`` (``limits``): a pair
+  stays counted from its handshake until it closes, and whatever ends an exchange or a pair
+  (``closed``) uncounts it once.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ from wsrelay.balancing import Balancer
 from wsrelay.config import Config, ConfigError
 from wsrelay.healthcheck import HealthChecker
 from wsrelay.http.pool import made_with
+from wsrelay.limits import Limits
 from wsrelay.routing import Router
 from wsrelay.sticky import StickyKey, load_key
 
 
 class Live(Protocol):
     """An exchange in progress that a shutdown can end."""
+
+    #: the client address it is counted under for limit_conn (None: none, a unix: listener)
+    client_ip: str | None
 
     def shutdown(self) -> None: ...
 
@@ -84,6 +91,8 @@ class Gateway:
         self.health = HealthChecker(reactor, self.balancer)
         self.health.configure(config.upstreams)
         self.live: set[Live] = set()
+        self.limits = Limits()
+        self.limits.configure(config.limit_req_clients, {r.name for r in config.routes})
         self._idle: list[Deferred[None]] = []
         self.http = HTTPProxy(self)
         self.websocket = WebSocketGateway(self)
@@ -116,14 +125,19 @@ class Gateway:
             old.close()
         was, now = made_with(self.runtime.config.upstreams), made_with(config.upstreams)
         self.http.pool.retire([key for key, made in was.items() if now.get(key) != made])
+        self.limits.configure(config.limit_req_clients, {r.name for r in config.routes})
         self.runtime = Runtime.build(config)
 
     def opened(self, exchange: Live) -> None:
         self.live.add(exchange)
+        self.limits.opened(exchange.client_ip)
 
     def closed(self, exchange: Live) -> None:
-        self.live.discard(exchange)
-        if not self.live:
+        live = self.live
+        if exchange in live:
+            live.remove(exchange)
+            self.limits.closed(exchange.client_ip)
+        if not live:
             idle, self._idle = self._idle, []
             for d in idle:
                 d.callback(None)

@@ -127,14 +127,17 @@ def request_to_upstream(
     drop: Iterable[bytes] = (),
     forwarded: bool = True,
     passed: Collection[bytes] = (),
+    peer_ip: str | None = None,
 ) -> list[Header]:
     """The header list wsrelay sends upstream for a client request.
 
     - hop-by-hop fields removed, and ``Content-Length`` (the HTTP client frames the body itself);
     - ``Host``: the client's (``host_header`` None), the upstream's ``host:port`` (``"$upstream"``)
       or a fixed value; exactly one;
-    - ``X-Forwarded-For``: the client's address appended to any value received (nginx
-      ``$proxy_add_x_forwarded_for``);
+    - ``X-Forwarded-For``: the immediate peer's address (``peer_ip``; ``client_ip`` when not
+      given) appended to any value received (nginx ``$proxy_add_x_forwarded_for``);
+    - ``client_ip``: the client as wsrelay sees it (behind a trusted proxy, the address derived
+      from its headers: ``wsrelay.realip``), for ``X-Real-IP`` and ``Forwarded``'s ``for=``;
     - ``X-Forwarded-Proto`` (``http`` or ``https``), ``X-Forwarded-Host`` (the client's Host) and
       ``X-Real-IP`` are set by wsrelay, replacing whatever the client sent;
     - ``Forwarded`` (RFC 7239): wsrelay's own (``for``, ``host``, ``proto``) when ``forwarded``,
@@ -171,8 +174,9 @@ def request_to_upstream(
     else:
         host = host_header.encode("ascii")
     ip = client_ip.encode("ascii") if client_ip is not None else None
+    peer = peer_ip.encode("ascii") if peer_ip is not None else ip
     out.insert(0, (b"Host", host))
-    xff = b", ".join(v for v in (prior_xff, ip) if v)
+    xff = b", ".join(v for v in (prior_xff, peer) if v)
     if xff:
         out.append((b"X-Forwarded-For", xff))
     out.append((b"X-Forwarded-Proto", scheme.encode("ascii")))

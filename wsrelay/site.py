@@ -21,11 +21,12 @@ from twisted.web.server import Request, Site
 from wsrelay import headers as H
 from wsrelay.accesslog import escape
 from wsrelay.answers import answer_error, answer_redirect
-from wsrelay.config import Listener
-from wsrelay.errors import BadRequest, NotFound, ProxyError
+from wsrelay.config import Listener, Route
+from wsrelay.errors import BadRequest, NotFound, ProxyError, TooManyRequests
 from wsrelay.gateway import Gateway
 from wsrelay.http.channel import RelayChannel
-from wsrelay.http.request import RelayRequest, client_ip
+from wsrelay.http.request import RelayRequest, client_ip, peer_ip
+from wsrelay.realip import TrustedProxies
 from wsrelay.routing import normalize_host, normalize_path
 
 #: An IP literal, or a name of non-empty labels (a trailing dot allowed), and an optional port.
@@ -63,18 +64,25 @@ class RelayResource(Resource):
     def __init__(self, gateway: Gateway, listener: Listener) -> None:
         super().__init__()
         self.gateway = gateway
-        self.listener = listener
         self.scheme = "https" if listener.tls is not None else "http"
+        self.use(listener)
+
+    def use(self, listener: Listener) -> None:
+        """The listener's settings for new requests (built once per configuration)."""
+        self.listener = listener
+        trusted = TrustedProxies(listener.trusted_proxies)
+        self.trusted = trusted if trusted else None
 
     def render(self, request: Request) -> bytes | int:
         try:
             return self._dispatch(request)
         except ProxyError as e:
-            self.log.info(
-                "{client} {method} {target}: {status} ({detail})",
-                client=client_address(request), method=escape(request.method[:40]),
-                target=escape(request.uri[:200]), status=e.status, detail=e.detail,
-            )
+            if e.status != 429:  # a limit's refusals are logged by _limit, rate-limited
+                self.log.info(
+                    "{client} {method} {target}: {status} ({detail})",
+                    client=client_address(request), method=escape(request.method[:40]),
+                    target=escape(request.uri[:200]), status=e.status, detail=e.detail,
+                )
             request.wsrelay_upstream = None  # type: ignore[attr-defined]
             return answer_error(request, e, close=e.status == 400)
 
@@ -100,6 +108,9 @@ class RelayResource(Resource):
             raise BadRequest(f"invalid Host header {host[:100]!r}")
         if not self.listener.underscores_in_headers:
             drop_underscored(request)
+        trusted = self.trusted
+        if trusted is not None:  # the client a trusted proxy names (wsrelay.realip), once per request
+            request.wsrelay_client = trusted.client(peer_ip(request), raw)  # type: ignore[attr-defined]
         tls = self.listener.tls
         if tls is not None and tls.hsts_max_age:
             request.responseHeaders.setRawHeaders(
@@ -117,9 +128,36 @@ class RelayResource(Resource):
             # Already https: redirecting again would loop.  A route with an upstream serves it.
             if not route.upstream:
                 raise NotFound(f"route {route.name} only redirects plain HTTP to https")
+        if route.limited:
+            self._limit(request, route)
         if H.is_websocket_upgrade(raw):
             return self.gateway.websocket.render(request, route, runtime, self.scheme)
         return self.gateway.http.render(request, route, runtime, self.scheme)
+
+    def _limit(self, request: Request, route: Route) -> None:
+        """TooManyRequests if the client is over the route's limit_conn or limit_req (a client
+        without an address, on a unix: listener, is never limited); one log line per client per
+        LOG_INTERVAL, saying how many more were refused meanwhile."""
+        client = client_ip(request)
+        if client is None:
+            return
+        limits = self.gateway.limits
+        now = self.gateway.reactor.seconds()
+        refused = limits.check(client, route.name, route.limit_conn, route.limit_req_rate,
+                               route.limit_req_burst, now)
+        if refused is None:
+            return
+        kind, retry_after = refused
+        if kind == "limit_conn":
+            detail = f"limit_conn {route.limit_conn} of route {route.name} reached"
+        else:
+            detail = f"limit_req {route.limit_req_rate:g}/s burst {route.limit_req_burst} of route {route.name}"
+        suppressed = limits.log.note(client, now)
+        if suppressed is not None:
+            self.log.info("{client} {method} {target}: 429 ({detail}; {suppressed} more refused without a line"
+                          " since the last one)", client=client, method=escape(request.method[:40]),
+                          target=escape(request.uri[:200]), detail=detail, suppressed=suppressed)
+        raise TooManyRequests(detail, headers={b"retry-after": b"%d" % retry_after})
 
     def _redirect(self, request: Request, host: bytes | None, status: int) -> bytes:
         if host is None:
@@ -151,7 +189,8 @@ class RelaySite(Site):
         """Apply a reloaded listener's settings (redirect, redirect_port, hsts_max_age) to new
         requests.  Whether it is TLS cannot change: the socket keeps its factory."""
         assert (listener.tls is None) == (self.listener.tls is None), "tls on/off needs a restart"
-        self.listener = self.resource.listener = listener
+        self.listener = listener
+        self.resource.use(listener)
 
     def acceptableProtocols(self) -> list[bytes]:
         # Never offer h2 through ALPN: WebSocket takeover and streaming need HTTP/1.1.

@@ -39,7 +39,7 @@ from wsrelay.answers import answer_error
 from wsrelay.config import Route, Upstream
 from wsrelay.connect import upstream_endpoint
 from wsrelay.errors import BadGateway, GatewayTimeout, ProxyError, ServiceUnavailable
-from wsrelay.http.request import client_ip
+from wsrelay.http.request import client_ip, peer_ip
 from wsrelay.http.response import LENGTH, InvalidResponse
 from wsrelay.http.response import parse_head as parse_response
 
@@ -142,7 +142,7 @@ class Upgrade:
 
     kind = "WebSocket"
     # One per open WebSocket: slots keep it small (an idle pair's memory, issue 11).
-    __slots__ = ("gw", "reactor", "metrics", "request", "route", "upstream", "scheme", "raw", "client_ip",
+    __slots__ = ("gw", "reactor", "metrics", "request", "route", "upstream", "scheme", "raw", "client_ip", "peer_ip",
                  "tried", "lease", "connecting", "timer", "idle_timer", "last_activity", "started",
                  "deadline", "answered", "taken_over", "opened", "ended", "log_request")
 
@@ -157,6 +157,7 @@ class Upgrade:
         self.scheme = scheme
         self.raw = raw
         self.client_ip = client_ip(request)
+        self.peer_ip = peer_ip(request)
         self.tried: list[str] = []
         self.lease: Any = None
         self.connecting: Any = None
@@ -194,7 +195,8 @@ class Upgrade:
         route = self.route
         return H.request_to_upstream(self.raw, client_ip=self.client_ip, scheme=self.scheme,
                                      host_header=route.host_header, upstream_hostport=self.lease.server.hostport,
-                                     drop=drop, forwarded=route.forwarded, passed=route.pass_headers)
+                                     drop=drop, forwarded=route.forwarded, passed=route.pass_headers,
+                                     peer_ip=self.peer_ip)
 
     # -- the upstream connection ------------------------------------------------------------
 

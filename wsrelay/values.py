@@ -126,6 +126,37 @@ def networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, 
     return tuple(found)
 
 
+def trusted_proxies(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Networks of the proxies whose ``X-Forwarded-For`` / ``Forwarded`` name the client, or
+    ``off`` for none."""
+    if text.strip().lower() in _OFF:
+        return ()
+    return networks(text)
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:r?/(s|m))?\s*$", re.IGNORECASE)
+
+
+def request_rate(text: str) -> float:
+    """``limit_req_rate``: requests per second (``10``, ``10r/s``, ``30r/m``, ``0.5``); ``off``: 0."""
+    if text.strip().lower() in _OFF:
+        return 0.0
+    m = _RATE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a rate (examples: 10, 10r/s, 30r/m, off)")
+    rate = float(m.group(1)) / (60.0 if (m.group(2) or "s").lower() == "m" else 1.0)
+    if not 0.001 <= rate <= 1_000_000:
+        raise ValueError(f"{text!r} is out of range (0.001 to 1000000 requests per second, or off)")
+    return rate
+
+
+def limit_count(text: str) -> int:
+    """``limit_conn``: a number of exchanges and pairs, or ``off`` (0)."""
+    if text.strip().lower() in _OFF - {"0"}:
+        return 0
+    return int_range(0, 1_000_000)(text)
+
+
 def host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 

@@ -93,6 +93,12 @@ def _global_keys(base: str) -> dict[str, _Key]:
         "keepalive_timeout": (V.parse_duration, "75s"),
         "sticky_secret": (V.secret, ""),
         "sticky_secret_file": (V.file_path(base), ""),
+        "trusted_proxies": (V.trusted_proxies, "off"),
+        # Defaults of the routes' limits, and the most client buckets each route keeps.
+        "limit_conn": (V.limit_count, "off"),
+        "limit_req_rate": (V.request_rate, "off"),
+        "limit_req_burst": (V.int_range(1, 1_000_000), ""),  # empty: one second's worth
+        "limit_req_clients": (V.int_range(1, 10_000_000), "100000"),
     }
 
 
@@ -109,6 +115,7 @@ def _listener_keys(base: str) -> dict[str, _Key]:
         "redirect_port": (V.int_range(1, 65535), ""),
         "proxy_protocol": (V.parse_bool, "off"),
         "underscores_in_headers": (V.parse_bool, ""),  # empty: the [wsrelay] setting
+        "trusted_proxies": (V.trusted_proxies, ""),  # empty: the [wsrelay] setting
     }
 
 
@@ -176,6 +183,9 @@ def _route_keys(base: str) -> dict[str, _Key]:
         "ws_handshake_timeout": (V.parse_duration, "10s"),
         "ws_compression": (V.parse_bool, "on"),
         "ws_upstream_compression": (V.parse_bool, "off"),
+        "limit_conn": (V.limit_count, ""),  # empty: the [wsrelay] setting
+        "limit_req_rate": (V.request_rate, ""),  # empty: the [wsrelay] setting
+        "limit_req_burst": (V.int_range(1, 1_000_000), ""),  # empty: the [wsrelay] setting
     }
 
 

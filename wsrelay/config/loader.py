@@ -9,6 +9,7 @@ certificates exist, every value is in range), so the rest of wsrelay never re-va
 from __future__ import annotations
 
 import configparser
+import math
 import difflib
 import os
 import re
@@ -139,14 +140,15 @@ class _Builder:
 
         glob = self.values(sections["wsrelay"][0][0], _global_keys(self.base)) if sections["wsrelay"] else \
             {k: (p(d) if d else None) for k, (p, d) in _global_keys(self.base).items()}
+        glob["trusted_proxies"] = glob["trusted_proxies"] or ()
         certificates = {name: self.certificate(section, name) for section, name in sections["certificate"]}
         listeners = [
             Listener(name=f"listen {i + 1}", endpoint=endpoint, tls=None, redirect=None, redirect_port=None,
-                     underscores_in_headers=glob["underscores_in_headers"])
+                     underscores_in_headers=glob["underscores_in_headers"], trusted_proxies=glob["trusted_proxies"])
             for i, endpoint in enumerate(glob["listen"] or ())
         ]
-        listeners += [self.listener(section, name, certificates, glob["underscores_in_headers"])
-                      for section, name in sections["listener"]]
+        listeners += [self.listener(section, name, certificates, glob["underscores_in_headers"],
+                                    glob["trusted_proxies"]) for section, name in sections["listener"]]
         if not listeners:
             raise self.error("wsrelay", "listen", "no listener: give 'listen = tcp:PORT' or a [listener NAME] section")
         if glob["sticky_secret"] is not None and glob["sticky_secret_file"] is not None:
@@ -155,7 +157,7 @@ class _Builder:
             raise self.error("wsrelay", "workers", "socket-activated (systemd:) listeners take one process:"
                              " run one wsrelay@N service per core instead (README, systemd)")
         upstreams = {name: self.upstream(section, name) for section, name in sections["upstream"]}
-        routes = tuple(self.route(section, name, upstreams) for section, name in sections["route"])
+        routes = tuple(self.route(section, name, upstreams, glob) for section, name in sections["route"])
         if not routes:
             raise self.error(None, None, "no [route ...] section: every request would get 404")
         seen: dict[tuple[str, bool, tuple[str, ...]], str] = {}
@@ -190,6 +192,7 @@ class _Builder:
             keepalive_timeout=glob["keepalive_timeout"],
             admin=self.admin(sections["admin"], listeners),
             log_format=glob["log_format"],
+            limit_req_clients=glob["limit_req_clients"],
         )
 
     def admin(self, sections: list[tuple[str, str]], listeners: list[Listener]) -> Admin | None:
@@ -212,7 +215,7 @@ class _Builder:
                            hosts=v["hosts"] or ())
 
     def listener(self, section: str, name: str, certificates: Mapping[str, Certificate],
-                 underscores_in_headers: bool = False) -> Listener:
+                 underscores_in_headers: bool = False, trusted_proxies: tuple[Any, ...] = ()) -> Listener:
         v = self.values(section, _listener_keys(self.base))
         tls = None
         if v["tls"]:
@@ -237,9 +240,11 @@ class _Builder:
         if v["redirect"] is not None and tls is not None:
             raise self.error(section, "redirect", "a TLS listener cannot redirect to https: it is https")
         underscores = v["underscores_in_headers"]
+        trusted = v["trusted_proxies"]
         return Listener(name=name, endpoint=v["endpoint"], tls=tls, redirect=v["redirect"],
                         redirect_port=v["redirect_port"], proxy_protocol=v["proxy_protocol"],
-                        underscores_in_headers=underscores_in_headers if underscores is None else underscores)
+                        underscores_in_headers=underscores_in_headers if underscores is None else underscores,
+                        trusted_proxies=trusted_proxies if trusted is None else trusted)
 
     def upstream(self, section: str, name: str) -> Upstream:
         v = self.values(section, _upstream_keys(self.base))
@@ -268,8 +273,10 @@ class _Builder:
             max_response_header_size=v["max_response_header_size"],
         )
 
-    def route(self, section: str, name: str, upstreams: Mapping[str, Upstream]) -> Route:
+    def route(self, section: str, name: str, upstreams: Mapping[str, Upstream],
+              glob: Mapping[str, Any] | None = None) -> Route:
         v = self.values(section, _route_keys(self.base))
+        limits = self.route_limits(section, v, glob or {})
         if v["path"] is not None:
             path, exact = v["path"]
         else:
@@ -305,5 +312,18 @@ class _Builder:
             host_header=v["host_header"], max_body_size=v["max_body_size"], connect_timeout=v["connect_timeout"],
             read_timeout=v["read_timeout"], send_timeout=v["send_timeout"], retries=v["retries"],
             retry_timeout=v["retry_timeout"], redirect=v["redirect"], websocket=ws,
-            forwarded=v["forwarded"], pass_headers=v["pass_headers"] or frozenset(),
+            forwarded=v["forwarded"], pass_headers=v["pass_headers"] or frozenset(), **limits,
         )
+
+    def route_limits(self, section: str, v: Mapping[str, Any], glob: Mapping[str, Any]) -> dict[str, Any]:
+        """A route's limit_conn, limit_req_rate and limit_req_burst: its own, else [wsrelay]'s; the
+        burst defaults to one second's worth of the rate."""
+        def pick(key: str) -> Any:
+            return v[key] if v[key] is not None else glob.get(key)
+
+        rate = pick("limit_req_rate") or 0.0
+        burst = pick("limit_req_burst")
+        if v["limit_req_burst"] is not None and not rate:
+            raise self.error(section, "limit_req_burst", "only applies with a limit_req_rate")
+        return {"limit_conn": pick("limit_conn") or 0, "limit_req_rate": rate,
+                "limit_req_burst": burst if burst is not None else max(1, math.ceil(rate))}

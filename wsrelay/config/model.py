@@ -141,6 +141,14 @@ class Route:
     websocket: WebSocketOptions
     forwarded: bool = True  # send wsrelay's own RFC 7239 Forwarded (the client's is never passed)
     pass_headers: frozenset[bytes] = frozenset()  # lower-case names of headers.SPOOFABLE let through
+    limit_conn: int = 0  # exchanges + pairs in progress per client address; 0: no limit
+    limit_req_rate: float = 0.0  # requests per second per client address (token bucket); 0: no limit
+    limit_req_burst: int = 1  # the bucket's size: requests that may come at once
+    #: whether a request on this route is checked against a per-client limit (asked per request)
+    limited: bool = attrs.field(init=False, eq=False, repr=False, default=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "limited", bool(self.limit_conn or self.limit_req_rate))
 
 
 @attrs.frozen
@@ -176,6 +184,8 @@ class Listener:
     redirect_port: int | None  # port of the https URL; None: 443 (omitted from the URL)
     underscores_in_headers: bool = False  # False: header names with '_' are dropped (nginx's default)
     proxy_protocol: bool = False  # connections start with a PROXY protocol header (v1 or v2)
+    #: ipaddress networks: peers whose X-Forwarded-For / Forwarded name the client (wsrelay.realip)
+    trusted_proxies: tuple[Any, ...] = ()
 
 
 @attrs.frozen
@@ -207,3 +217,4 @@ class Config:
     keepalive_timeout: float = 75.0  # an idle client connection between requests
     admin: Admin | None = None  # None: no admin listener
     log_format: str = "text"  # wsrelay's own log lines: text (twistd's) or json
+    limit_req_clients: int = 100_000  # the most client buckets a route keeps (least recently seen go)

@@ -33,7 +33,7 @@ from wsrelay.config import Route, Upstream
 from wsrelay.connect import upstream_endpoint
 from wsrelay.errors import BadGateway, GatewayTimeout, PayloadTooLarge, ProxyError
 from wsrelay.http.deadline import Deadline
-from wsrelay.http.request import body_size, client_ip
+from wsrelay.http.request import body_size, client_ip, peer_ip
 from wsrelay.http.response import Response
 from wsrelay.http.upstream import UpstreamFailure, UpstreamProtocol, describe, request_head
 
@@ -81,6 +81,7 @@ class Exchange:
         raw = getattr(request, "wsrelay_raw", None)  # wire order, as the site checked it
         self.raw = raw if raw is not None else H.flatten(request.requestHeaders.getAllRawHeaders())
         self.client_ip = client_ip(request)
+        self.peer_ip = peer_ip(request)
         self.tried: list[str] = []
         self.lease: Any = None
         self.conn: UpstreamProtocol | None = None
@@ -130,7 +131,8 @@ class Exchange:
     def build_head(self, server: Any) -> bytes:
         out = H.request_to_upstream(self.raw, client_ip=self.client_ip, scheme=self.scheme,
                                     host_header=self.route.host_header, upstream_hostport=server.hostport,
-                                    forwarded=self.route.forwarded, passed=self.route.pass_headers)
+                                    forwarded=self.route.forwarded, passed=self.route.pass_headers,
+                                    peer_ip=self.peer_ip)
         request = self.request
         length = self.body_size if self.has_body or request.method in _EXPECT_BODY else None
         return request_head(request.method, request.uri, out, length, close=not self.upstream.keepalive)

@@ -20,10 +20,17 @@ from wsrelay.errors import BadRequest, PayloadTooLarge, ProxyError
 from wsrelay.routing import normalize_host, normalize_path
 
 
-def client_ip(request: Any) -> str | None:
-    """The client's IP address, or None where there is none (a ``unix:`` listener): wsrelay never
-    invents one."""
+def peer_ip(request: Any) -> str | None:
+    """The connection's peer address (a PROXY protocol header's, where the listener reads one), or
+    None where there is none (a ``unix:`` listener): wsrelay never invents one."""
     return getattr(request.getClientAddress(), "host", None)
+
+
+def client_ip(request: Any) -> str | None:
+    """The client's IP address: the one derived from a trusted proxy's headers (the site sets
+    ``wsrelay_client``, ``wsrelay.realip``), else the peer's."""
+    derived = getattr(request, "wsrelay_client", None)
+    return derived if derived is not None else peer_ip(request)
 
 
 def body_size(request: Any) -> int:
@@ -58,6 +65,8 @@ class RelayRequest(server.Request):
     wsrelay_raw: list[tuple[bytes, bytes]] | None = None
     #: set by the HTTP proxy: the exchange to tell when the client leaves before the response ends.
     wsrelay_exchange: Any = None
+    #: set by the site when the peer is a trusted proxy: the client address its headers give.
+    wsrelay_client: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -122,9 +131,8 @@ class RelayRequest(server.Request):
         gateway = self._gateway
         if not gateway.access_log.enabled:
             return
-        peer = self.getClientAddress()
         gateway.access_log.write(format_line(
-            client=getattr(peer, "host", "-"), when=time.time(),
+            client=client_ip(self) or "-", when=time.time(),
             method=method if method is not None else (self.method or b"-"),
             target=target if target is not None else (self.uri or b"-"),
             protocol=protocol or self.clientproto, status=status, sent=sent,
