@@ -9,6 +9,9 @@ Invariants:
 - Every open HTTP exchange and WebSocket pair is registered in ``live`` so that stopping can
   drain them: ``live`` holds objects with a ``shutdown()`` method that ends them politely (a close
   frame with 1001 for WebSockets, an abort for requests still running at the drain deadline).
+  An open pair says so with a true ``open_pair`` attribute: a drain closes those itself (they
+  never end on their own) and lets the others finish.  While ``draining``, a client connection
+  with no request served yet is live too (its first request is answered, then it is closed).
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ class Live(Protocol):
     """An exchange in progress that a shutdown can end."""
 
     def shutdown(self) -> None: ...
+
+
+def is_open_pair(exchange: object) -> bool:
+    """An open WebSocket pair (relayed or tunnelled), as opposed to an exchange that ends by itself."""
+    return bool(getattr(exchange, "open_pair", False))
 
 
 @attrs.frozen
@@ -83,6 +91,7 @@ class Gateway:
         self.health = HealthChecker(reactor, self.balancer)
         self.health.configure(config.upstreams)
         self.live: set[Live] = set()
+        self.draining = False  # a stop is under way: new pairs are closed as soon as they open
         self._idle: list[Deferred[None]] = []
         self.http = HTTPProxy(self)
         self.websocket = WebSocketGateway(self)
@@ -134,9 +143,14 @@ class Gateway:
             self._idle.append(d)
         return d
 
-    def shutdown_all(self) -> None:
+    def open_pairs(self) -> list[Live]:
+        return [x for x in self.live if is_open_pair(x)]
+
+    def shutdown_all(self, pairs: bool = True) -> None:
+        """End every live exchange now (``pairs=False``: all but open WebSocket pairs)."""
         for exchange in list(self.live):
-            exchange.shutdown()
+            if pairs or not is_open_pair(exchange):
+                exchange.shutdown()
 
     def close(self) -> None:
         self.health.stop()

@@ -190,6 +190,8 @@ class _Builder:
             keepalive_timeout=glob["keepalive_timeout"],
             admin=self.admin(sections["admin"], listeners),
             log_format=glob["log_format"],
+            ws_drain_spread=glob["ws_drain_spread"],
+            reuse_port=glob["reuse_port"],
         )
 
     def admin(self, sections: list[tuple[str, str]], listeners: list[Listener]) -> Admin | None:

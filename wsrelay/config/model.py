@@ -207,3 +207,5 @@ class Config:
     keepalive_timeout: float = 75.0  # an idle client connection between requests
     admin: Admin | None = None  # None: no admin listener
     log_format: str = "text"  # wsrelay's own log lines: text (twistd's) or json
+    ws_drain_spread: float = 5.0  # a stop closes WebSocket pairs evenly over this long
+    reuse_port: bool = True  # SO_REUSEPORT on tcp: listeners (a new process can bind beside this one)
