@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = str(Path(sys.executable).with_name("twistd"))
@@ -145,11 +145,12 @@ def digest_of_repeats(block: bytes, times: int) -> str:
 class Process:
     """A child process with merged stdout/stderr read through a LineReader."""
 
-    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None, **popen: Any) -> None:
+        """``popen``: more arguments for ``subprocess.Popen`` (``pass_fds``, ``preexec_fn``)."""
         full_env = dict(os.environ, PYTHONUNBUFFERED="1")
         full_env.update(env or {})
         self.popen = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, env=full_env, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, env=full_env, start_new_session=True, **popen)
         assert self.popen.stdout is not None
         self.output = LineReader(self.popen.stdout)
 

@@ -100,16 +100,20 @@ def test_readiness_names_a_group_without_a_server_and_a_drain(
     code, _, body = fetch(base + "/readyz")
     assert code == 503 and json.loads(body)["groups_down"] == ["demo"]
 
-    relay2 = start_relay(config(demo.port), name="drain.ini")
+    # Two pairs closed over 10 s: the second stays open for 5 s of the drain.
+    relay2 = start_relay(config(demo.port).replace("drain_timeout", "ws_drain_spread = 10s\ndrain_timeout"),
+                         name="drain.ini")
     base2 = admin_url(relay2)
     relay2.output.wait_for("wsrelay ready")
 
     async def drain() -> tuple[int, bytes, int]:
-        async with websockets.connect(f"ws://127.0.0.1:{relay2.port}/ws/echo") as ws:
-            await ws.send("x")
-            await ws.recv()
+        url = f"ws://127.0.0.1:{relay2.port}/ws/echo"
+        async with websockets.connect(url) as ws, websockets.connect(url) as ws2:
+            for w in (ws, ws2):
+                await w.send("x")
+                await w.recv()
             relay2.signal(signal.SIGTERM)
-            await asyncio.to_thread(relay2.output.wait_for, "draining 1 open exchanges")
+            await asyncio.to_thread(relay2.output.wait_for, "draining 2 open exchanges")
             code, _, body = await asyncio.to_thread(fetch, base2 + "/readyz")
             healthz = (await asyncio.to_thread(fetch, base2 + "/healthz"))[0]
             return code, body, healthz

@@ -12,6 +12,9 @@ Invariants:
   The same registration counts them per client address for ``limit_conn`` (``limits``): a pair
   stays counted from its handshake until it closes, and whatever ends an exchange or a pair
   (``closed``) uncounts it once.
+  An open pair says so with a true ``open_pair`` attribute: a drain closes those itself (they
+  never end on their own) and lets the others finish.  While ``draining``, a client connection
+  with no request served yet is live too (its first request is answered, then it is closed).
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ class Live(Protocol):
     client_ip: str | None
 
     def shutdown(self) -> None: ...
+
+
+def is_open_pair(exchange: object) -> bool:
+    """An open WebSocket pair (relayed or tunnelled), as opposed to an exchange that ends by itself."""
+    return bool(getattr(exchange, "open_pair", False))
 
 
 @attrs.frozen
@@ -93,6 +101,7 @@ class Gateway:
         self.live: set[Live] = set()
         self.limits = Limits()
         self.limits.configure(config.limit_req_clients, {r.name for r in config.routes})
+        self.draining = False  # a stop is under way: new pairs are closed as soon as they open
         self._idle: list[Deferred[None]] = []
         self.http = HTTPProxy(self)
         self.websocket = WebSocketGateway(self)
@@ -151,9 +160,14 @@ class Gateway:
             self._idle.append(d)
         return d
 
-    def shutdown_all(self) -> None:
+    def open_pairs(self) -> list[Live]:
+        return [x for x in self.live if is_open_pair(x)]
+
+    def shutdown_all(self, pairs: bool = True) -> None:
+        """End every live exchange now (``pairs=False``: all but open WebSocket pairs)."""
         for exchange in list(self.live):
-            exchange.shutdown()
+            if pairs or not is_open_pair(exchange):
+                exchange.shutdown()
 
     def close(self) -> None:
         self.health.stop()

@@ -13,8 +13,10 @@ Invariants:
   and requests; turning ``tls`` on or off needs a restart, so such a reload is refused.  Removed
   listeners stop listening (their open connections finish); added ones start.  Open requests and
   WebSocket pairs are never touched by a reload.
-- Stopping stops listening at once, lets open exchanges finish for ``drain_timeout``, then ends the
-  rest (WebSocket pairs get a close frame with 1001).
+- Stopping stops listening at once (after accepting what the kernel queued: ``wsrelay.drain``),
+  lets open HTTP exchanges finish for ``drain_timeout`` (then ends them), and closes WebSocket
+  pairs with 1001 spread evenly over ``ws_drain_spread``, so that a new process bound to the same
+  ports (``reuse_port``) or handed the same sockets (systemd) takes their clients over as a ramp.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from wsrelay import config as configmod
 from wsrelay.config import Config, ConfigError, Listener
+from wsrelay.drain import drain, stop_listening, stop_time
 from wsrelay.gateway import Gateway, check_access_log
 from wsrelay.listeners import open_listener
 from wsrelay.site import RelaySite
@@ -193,7 +196,7 @@ class RelayService(MultiService):
         site = RelaySite(self.gateway, listener)
         port = _open(config, section, key, listener.endpoint, lambda: open_listener(
             self.reactor, listener.endpoint, site, tls_creator=creator,
-            reuse_port=self.worker is not None or config.workers > 1,
+            reuse_port=config.reuse_port or self.worker is not None or config.workers > 1,
             port=self.port_overrides.get(listener.name), proxy_protocol=listener.proxy_protocol,
             header_timeout=config.client_header_timeout,
         ))
@@ -225,7 +228,8 @@ class RelayService(MultiService):
 
         site = admin_site(self, admin.allow)
         self.admin_port = _open(self.config, "admin", "endpoint", admin.endpoint,
-                                lambda: open_listener(self.reactor, admin.endpoint, site))
+                                lambda: open_listener(self.reactor, admin.endpoint, site,
+                                                      reuse_port=self.config.reuse_port))
         self.log.info("wsrelay admin listening on {url}", url=_url(self.admin_port, None))
 
     def certificate_expiry(self) -> dict[str, float]:
@@ -348,24 +352,21 @@ class RelayService(MultiService):
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
-        self.draining = True  # /readyz says 503 from now on
+        self.draining = self.gateway.draining = True  # /readyz says 503 from now on
         self.notifier.stop()
         self.notifier.stopping(f"stopping: draining {len(self.gateway.live)} open exchanges")
-        yield DeferredList([Deferred.fromCoroutine(_stop(p)) for p in self.ports.values()])
+        config, gateway = self.config, self.gateway
+        yield DeferredList([stop_listening(p) for p in self.ports.values()])
         self.ports.clear()
         self.sites.clear()
-        workers_stopped = self.workers.stop(self.config.drain_timeout + 5) if self.workers else None
-        if self.gateway.live:
-            self.log.info("draining {n} open exchanges for up to {t}s", n=len(self.gateway.live),
-                          t=self.config.drain_timeout)
-            yield self._idle_within(self.config.drain_timeout)
-            self.gateway.shutdown_all()
-            yield self._idle_within(2.0)  # a bounded moment for the close frames to go out
-        self.gateway.close()
+        workers_stopped = self.workers.stop(stop_time(config)) if self.workers else None
+        if gateway.live:
+            yield drain(self.reactor, gateway, config, self._worker_label)
+        gateway.close()
         if workers_stopped is not None:
             yield workers_stopped
         if self.admin_port is not None:  # last: health and readiness answer through the drain
-            yield self.admin_port.stopListening()
+            yield stop_listening(self.admin_port)
             self.admin_port = None
         yield super().stopService()
         self.notifier.close()
@@ -374,18 +375,6 @@ class RelayService(MultiService):
         # before buffered log output would be written: flush it now.
         sys.stdout.flush()
         sys.stderr.flush()
-
-
-    def _idle_within(self, seconds: float) -> Deferred[None]:
-        """Fires when no exchange is live, or after ``seconds``, whichever comes first."""
-        idle = self.gateway.when_idle()
-        timer = self.reactor.callLater(seconds, idle.cancel)
-
-        def done(result: object) -> None:
-            if timer.active():
-                timer.cancel()
-
-        return idle.addBoth(done)
 
 
 def _open(config: Config, section: str, key: str, endpoint: str,
@@ -400,6 +389,3 @@ def _open(config: Config, section: str, key: str, endpoint: str,
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(config.path, section, key, f"{endpoint!r}: {e}") from None
 
-
-async def _stop(port: IListeningPort) -> None:
-    await port.stopListening()

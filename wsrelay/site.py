@@ -204,10 +204,13 @@ class RelaySite(Site):
 
     def stopFactory(self) -> None:
         """The listener's last port stopped (wsrelay is stopping, or a reload removed it): idle
-        keep-alive connections are closed at once, busy ones after the response under way."""
+        keep-alive connections are closed at once, busy ones after the response under way, new
+        ones after their first; a stop waits for them (``Gateway.live``)."""
         super().stopFactory()
         for channel in list(self.channels):
-            channel.stop_keepalive()
+            if channel.stop_keepalive() and self.gateway.draining:
+                channel.held = True
+                self.gateway.opened(channel)
 
     def log(self, request: Request) -> None:
         # The access log is written by the handlers, which know the upstream and timing.

@@ -388,12 +388,24 @@ class Upgrade:
     # -- open ------------------------------------------------------------------------------
 
     def now_open(self) -> None:
-        """Both sides are open: count it and start the idle timer."""
+        """Both sides are open: count it and start the idle timer (or, when wsrelay is stopping,
+        close it with 1001 right after, so its client reconnects to the process taking over)."""
         self.opened = True
         self.metrics.opened(self.route.name)
         self.last_activity = self.reactor.seconds()
-        if self.route.websocket.idle_timeout:
+        if self.gw.gateway.draining:
+            self.reactor.callLater(0, self.shutdown_if_open)
+        elif self.route.websocket.idle_timeout:
             self.idle_timer = self.reactor.callLater(self.route.websocket.idle_timeout, self.check_idle)
+
+    @property
+    def open_pair(self) -> bool:
+        """Both sides open and not ended: a drain closes it (gateway.is_open_pair)."""
+        return self.opened and not self.ended
+
+    def shutdown_if_open(self) -> None:
+        if self.open_pair:
+            self.shutdown()
 
     def check_idle(self) -> None:
         idle = self.route.websocket.idle_timeout

@@ -78,12 +78,22 @@ def _servers(text: str) -> tuple[Server, ...]:
 _Key = tuple[Callable[[str], Any], str | None]  # parser, default text (None: required)
 
 
+def _drain_spread(text: str) -> float:
+    """``ws_drain_spread``: a duration of at most an hour (0: every pair at once)."""
+    value = V.parse_duration(text)
+    if value > 3600:
+        raise ValueError(f"{text!r} is longer than an hour: a stop would take that long")
+    return value
+
+
 def _global_keys(base: str) -> dict[str, _Key]:
     return {
         "listen": (V.endpoints, ""),
         "access_log": (V.access_log(base), "-"),
         "workers": (V.workers, "1"),
         "drain_timeout": (V.parse_duration, "10s"),
+        "ws_drain_spread": (_drain_spread, "5s"),
+        "reuse_port": (V.parse_bool, "on"),
         "max_request_line": (V.parse_size, "8K"),
         "max_header_size": (V.parse_size, "16K"),
         "log_format": (V.choice("text", "json"), "text"),

@@ -193,6 +193,8 @@ class _Builder:
             admin=self.admin(sections["admin"], listeners),
             log_format=glob["log_format"],
             limit_req_clients=glob["limit_req_clients"],
+            ws_drain_spread=glob["ws_drain_spread"],
+            reuse_port=glob["reuse_port"],
         )
 
     def admin(self, sections: list[tuple[str, str]], listeners: list[Listener]) -> Admin | None:

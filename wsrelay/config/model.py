@@ -218,3 +218,5 @@ class Config:
     admin: Admin | None = None  # None: no admin listener
     log_format: str = "text"  # wsrelay's own log lines: text (twistd's) or json
     limit_req_clients: int = 100_000  # the most client buckets a route keeps (least recently seen go)
+    ws_drain_spread: float = 5.0  # a stop closes WebSocket pairs evenly over this long
+    reuse_port: bool = True  # SO_REUSEPORT on tcp: listeners (a new process can bind beside this one)

@@ -123,6 +123,8 @@ class RelayChannel(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.site.channels.discard(self)
+        if self.held:
+            self._release()
         self._stop_timer()
         state, self.state = self.state, _CLOSED
         request, self.request = self.request, None
@@ -348,6 +350,8 @@ class RelayChannel(Protocol):
             return None
         self.flush_head()
         self.site.channels.discard(self)
+        if self.held:
+            self._release()
         self._writer = None  # the transport is the WebSocket layer's from now on
         pending, self._pending = self._pending, b""
         self.state = _DETACHED
@@ -358,20 +362,38 @@ class RelayChannel(Protocol):
             transport.resumeProducing()
         return transport, pending
 
-    def stop_keepalive(self) -> None:
+    def stop_keepalive(self) -> bool:
         """No more requests on this connection: closed now if it is idle between requests, else
-        after the response under way (which says ``Connection: close`` if its head is not out)."""
+        after the response under way (which says ``Connection: close`` if its head is not out).
+        A connection that has not had a request yet (accepted just before its listener closed;
+        its request may be on the way) gets that one.  Returns whether it stays open."""
         if self.state >= _CLOSED or self.transport is None:
-            return
+            return False
         self.persistent = False
-        if self.state == _READING_HEAD and not self._buffer and self.request is None:
+        if (self.state == _READING_HEAD and not self._buffer and self.request is None
+                and self._deadline.kind == "keepalive"):
             self.state = _CLOSED
             self._stop_timer()
             self.transport.loseConnection()
-            return
+            return False
         request = self.request
         if request is not None and not request.startedWriting:
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        return True
+
+    #: Set by the site when a drain waits for this connection (``Gateway.live``) to close.
+    held = False
+    #: A held connection is not one client's exchange: ``limit_conn`` does not count it.
+    client_ip = None
+
+    def shutdown(self) -> None:
+        """The drain is over: end this connection now."""
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _release(self) -> None:
+        self.held = False
+        self.site.gateway.closed(self)
 
     # -- refusals and deadlines ------------------------------------------------------------------
 
