@@ -72,6 +72,16 @@ def _servers(text: str) -> tuple[Server, ...]:
 
 
 # --------------------------------------------------------------------------------------------
+# Limits
+
+def _connection_cap(text: str) -> int | None:
+    """``max_connections``: ``auto`` (None: from the descriptor limit), 0 (no cap) or a number."""
+    if text.strip().lower() == "auto":
+        return None
+    return V.int_range(0, 10_000_000)(text)
+
+
+# --------------------------------------------------------------------------------------------
 # Which keys each kind of section takes, with their parsers and defaults (as text, parsed the
 # same way as user input so the defaults shown in etc/relay.ini are the real ones).
 
@@ -83,6 +93,7 @@ def _global_keys(base: str) -> dict[str, _Key]:
         "listen": (V.endpoints, ""),
         "access_log": (V.access_log(base), "-"),
         "workers": (V.workers, "1"),
+        "max_connections": (_connection_cap, "auto"),
         "drain_timeout": (V.parse_duration, "10s"),
         "max_request_line": (V.parse_size, "8K"),
         "max_header_size": (V.parse_size, "16K"),

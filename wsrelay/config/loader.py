@@ -190,6 +190,7 @@ class _Builder:
             keepalive_timeout=glob["keepalive_timeout"],
             admin=self.admin(sections["admin"], listeners),
             log_format=glob["log_format"],
+            max_connections=glob["max_connections"],
         )
 
     def admin(self, sections: list[tuple[str, str]], listeners: list[Listener]) -> Admin | None:

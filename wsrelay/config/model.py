@@ -207,3 +207,4 @@ class Config:
     keepalive_timeout: float = 75.0  # an idle client connection between requests
     admin: Admin | None = None  # None: no admin listener
     log_format: str = "text"  # wsrelay's own log lines: text (twistd's) or json
+    max_connections: int | None = None  # client connections per process; None: auto (RLIMIT_NOFILE); 0: no cap
