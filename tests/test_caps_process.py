@@ -1,5 +1,6 @@
-"""Connection caps through the real ``twistd -n wsrelay``: descriptor exhaustion under a low
-RLIMIT_NOFILE, ``max_connections`` across listeners and the WebSocket takeover."""
+"""Connection caps and the message rate through the real ``twistd -n wsrelay``: descriptor
+exhaustion under a low RLIMIT_NOFILE, ``max_connections`` across listeners and the WebSocket
+takeover, ``ws_max_message_rate`` on the wire."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import http.client
 import re
 import shutil
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.scripted_ws import client_handshake, frame
+from tests.scripted_ws import ScriptedWebSocketUpstream, client_handshake, frame
 from tests.support import RelayProcess, UpstreamProcess, poll_until
-from tests.test_ws_process import handshake_headers
+from tests.test_ws_process import config, handshake_headers, wsup  # noqa: F401  (wsup: fixture)
 
 EXHAUSTED = re.compile(r"cannot accept connections: too many open files \(EMFILE\), with RLIMIT_NOFILE 64")
 
@@ -130,3 +132,28 @@ def test_max_connections_holds_newcomers_in_the_backlog_across_listeners_and_tak
         for sock in (websocket, idle, newcomer):
             sock.close()
         keepalive.close()
+
+
+def test_client_over_the_message_rate_gets_1008_and_its_upstream_1001(
+        wsup: ScriptedWebSocketUpstream, start_relay: Callable[..., RelayProcess]) -> None:  # noqa: F811
+    """ws_max_message_rate = 6/m with a burst of 3: three messages at once are relayed (and
+    echoed); the next two are over the rate: the client gets 1008 with its reason and the upstream
+    1001; one log line names the route, the client and the rate; another client is served."""
+    relay = start_relay(config(wsup.port, "ws_max_message_rate = 6/m\nws_message_burst = 3"))
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as s:
+        head, reader = client_handshake(s, "/echo", handshake_headers())
+        assert head.startswith(b"HTTP/1.1 101"), head
+        s.sendall(b"".join(frame(1, b"m%d" % i, mask=True) for i in range(3)))
+        assert [reader.message() for _ in range(3)] == [(1, b"m0"), (1, b"m1"), (1, b"m2")]
+        s.sendall(frame(1, b"m3", mask=True) + frame(1, b"m4", mask=True))
+        assert reader.message() == (8, struct.pack("!H", 1008) + b"message rate limit exceeded")
+        s.sendall(frame(8, struct.pack("!H", 1008), mask=True))
+        assert wsup.closed_frame.wait(10)
+        assert wsup.closes_received[-1][:2] == struct.pack("!H", 1001)
+    line = relay.output.wait_for(r"route /: client 127\.0\.0\.1 sent messages faster than ws_max_message_rate"
+                                 r" \(0\.1/s, burst 3\): closed with 1008, its upstream with 1001")
+    assert line
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as s:
+        head, reader = client_handshake(s, "/echo", handshake_headers())
+        s.sendall(frame(2, b"fine", mask=True))
+        assert reader.message() == (2, b"fine")

@@ -119,6 +119,8 @@ class WebSocketOptions:
     compression: bool  # permessage-deflate toward clients
     upstream_compression: bool  # permessage-deflate toward upstreams
     require_origin: bool = False  # True: with allowed_origins set, a handshake without Origin gets 403
+    max_message_rate: float | None = None  # messages per second from the client (relay mode); None: no limit
+    message_burst: int = 1  # messages the client may send at once beyond the rate
 
 
 @attrs.frozen
