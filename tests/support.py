@@ -197,6 +197,11 @@ class Process:
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time the process has used so far, from /proc."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def open_connections(self, port: int) -> int:
         """TCP connections to local ``port`` still open at wsrelay's end (ESTABLISHED or CLOSE_WAIT),
         from /proc/net/tcp."""
@@ -222,8 +227,10 @@ class RelayProcess(Process):
     """``twistd -n --pidfile= wsrelay --config PATH`` and the URLs it listens on."""
 
     def __init__(self, config_path: Path, *, wait: bool = True, extra: list[str] | None = None,
-                 cwd: Path | None = None, timeout: float = 20.0, env: dict[str, str] | None = None) -> None:
-        argv = [TWISTD, "-n", "--pidfile=", "wsrelay", "--config", str(config_path), *(extra or [])]
+                 cwd: Path | None = None, timeout: float = 20.0, env: dict[str, str] | None = None,
+                 wrapper: list[str] | None = None) -> None:
+        """``wrapper``: a command that execs twistd (``["prlimit", "--nofile=64:64", "--"]``)."""
+        argv = [*(wrapper or []), TWISTD, "-n", "--pidfile=", "wsrelay", "--config", str(config_path), *(extra or [])]
         super().__init__(argv, cwd or config_path.parent, env)
         self.urls: list[str] = []
         self._next_line = 0

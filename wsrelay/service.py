@@ -36,6 +36,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from wsrelay import config as configmod
+from wsrelay.capacity import ConnectionCap, descriptor_limit, sizing
 from wsrelay.config import Config, ConfigError, Listener
 from wsrelay.drain import drain, stop_listening, stop_time
 from wsrelay.gateway import Gateway, check_access_log
@@ -120,6 +121,9 @@ def check(config: Config) -> list[str]:
     secret file.  Raises ConfigError; changes nothing.  Returns the warnings a start would log."""
     warnings = list(_TLS().prepare(config, strict=True).warnings)
     check_access_log(config)
+    _, cap_line = sizing(config.max_connections, descriptor_limit())
+    if cap_line is not None and config.max_connections is not None:  # a cap RLIMIT_NOFILE cannot hold
+        warnings.append(cap_line)
     return warnings + list(load_key(config).warnings)
 
 
@@ -177,6 +181,8 @@ class RelayService(MultiService):
         self.sites: dict[tuple[str, str], RelaySite] = {}
         self.urls: list[str] = []
         self._previous_sighup: Any = None
+        self.connections = ConnectionCap(reactor)  # max_connections, and accepting at EMFILE
+        self.connections.configure(config.max_connections, self._worker_label)
 
     @property
     def _worker_label(self) -> str:
@@ -200,6 +206,7 @@ class RelayService(MultiService):
             port=self.port_overrides.get(listener.name), proxy_protocol=listener.proxy_protocol,
             header_timeout=config.client_header_timeout,
         ))
+        self.connections.watch(port)
         url = _url(port, listener)
         self.urls.append(url)
         self.log.info("wsrelay listening on {url} ({listener}{worker})", url=url, listener=listener.name,
@@ -230,6 +237,7 @@ class RelayService(MultiService):
         self.admin_port = _open(self.config, "admin", "endpoint", admin.endpoint,
                                 lambda: open_listener(self.reactor, admin.endpoint, site,
                                                       reuse_port=self.config.reuse_port))
+        self.connections.watch(self.admin_port, counted=False)  # paused at EMFILE, never at the cap
         self.log.info("wsrelay admin listening on {url}", url=_url(self.admin_port, None))
 
     def certificate_expiry(self) -> dict[str, float]:
@@ -339,6 +347,7 @@ class RelayService(MultiService):
         for key, listener in wanted.items():
             self.sites[key].use(listener)  # redirect, redirect_port, hsts_max_age
         self.gateway.apply(new, access_log, sticky)
+        self.connections.configure(new.max_connections, self._worker_label)
         self.reloads["ok"] += 1
         self.last_reload = self.loaded_at = time.time()
         self.log.info("configuration reloaded from {path}: {routes} routes, {upstreams} upstream groups{worker}",

@@ -72,6 +72,34 @@ def _servers(text: str) -> tuple[Server, ...]:
 
 
 # --------------------------------------------------------------------------------------------
+# Limits
+
+def _connection_cap(text: str) -> int | None:
+    """``max_connections``: ``auto`` (None: from the descriptor limit), 0 (no cap) or a number."""
+    if text.strip().lower() == "auto":
+        return None
+    return V.int_range(0, 10_000_000)(text)
+
+
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)\s*(?:r?/\s*([sm]))?$", re.IGNORECASE)
+
+
+def _message_rate(text: str) -> float | None:
+    """``ws_max_message_rate``: messages per second (``50``, ``50/s``, ``0.5``, ``30/m``), or off."""
+    text = text.strip()
+    if text.lower() in {"off", "0"}:
+        return None
+    m = _RATE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a rate: messages per second such as 50 or 50/s, or per minute"
+                         " such as 30/m, or off")
+    rate = float(m.group(1)) / (60.0 if (m.group(2) or "s").lower() == "m" else 1.0)
+    if not 0.001 <= rate <= 1_000_000:
+        raise ValueError(f"{text!r} is out of range (0.001 to 1000000 messages per second)")
+    return rate
+
+
+# --------------------------------------------------------------------------------------------
 # Which keys each kind of section takes, with their parsers and defaults (as text, parsed the
 # same way as user input so the defaults shown in etc/relay.ini are the real ones).
 
@@ -91,6 +119,7 @@ def _global_keys(base: str) -> dict[str, _Key]:
         "listen": (V.endpoints, ""),
         "access_log": (V.access_log(base), "-"),
         "workers": (V.workers, "1"),
+        "max_connections": (_connection_cap, "auto"),
         "drain_timeout": (V.parse_duration, "10s"),
         "ws_drain_spread": (_drain_spread, "5s"),
         "reuse_port": (V.parse_bool, "on"),
@@ -188,6 +217,8 @@ def _route_keys(base: str) -> dict[str, _Key]:
         "ws_idle_timeout": (V.parse_optional_duration, "off"),
         "ws_max_message_size": (V.parse_size, "16M"),
         "ws_max_frame_size": (V.parse_size, "16M"),
+        "ws_max_message_rate": (_message_rate, "off"),
+        "ws_message_burst": (V.int_range(1, 1_000_000), ""),
         "ws_allowed_origins": (V.origins, "*"),
         "ws_require_origin": (V.parse_bool, "off"),
         "ws_handshake_timeout": (V.parse_duration, "10s"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import configparser
 import math
 import difflib
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -195,6 +196,7 @@ class _Builder:
             limit_req_clients=glob["limit_req_clients"],
             ws_drain_spread=glob["ws_drain_spread"],
             reuse_port=glob["reuse_port"],
+            max_connections=glob["max_connections"],
         )
 
     def admin(self, sections: list[tuple[str, str]], listeners: list[Listener]) -> Admin | None:
@@ -301,13 +303,19 @@ class _Builder:
             raise self.error(section, "ws_ping_timeout", "must be at least 1s")
         if v["ws_max_frame_size"] and v["ws_max_message_size"] and v["ws_max_frame_size"] > v["ws_max_message_size"]:
             raise self.error(section, "ws_max_frame_size", "is larger than ws_max_message_size")
+        rate, burst = v["ws_max_message_rate"], v["ws_message_burst"]
+        if rate is not None and v["ws_mode"] == "tunnel":
+            raise self.error(section, "ws_max_message_rate", "only applies with ws_mode = relay (a tunnel reads no messages)")
+        if burst is not None and rate is None:
+            raise self.error(section, "ws_message_burst", "only applies with ws_max_message_rate")
         ws = WebSocketOptions(
             enabled=v["websocket"], mode=v["ws_mode"], ping_interval=v["ws_ping_interval"],
             ping_timeout=v["ws_ping_timeout"], idle_timeout=v["ws_idle_timeout"],
             max_message_size=v["ws_max_message_size"], max_frame_size=v["ws_max_frame_size"],
             allowed_origins=v["ws_allowed_origins"], handshake_timeout=v["ws_handshake_timeout"],
             compression=v["ws_compression"], upstream_compression=v["ws_upstream_compression"],
-            require_origin=v["ws_require_origin"],
+            require_origin=v["ws_require_origin"], max_message_rate=rate,
+            message_burst=burst or max(1, math.ceil(rate or 0)),  # default: one second's worth
         )
         return Route(
             name=name, path=path, exact=exact, hosts=v["host"] or (), upstream=upstream or "",

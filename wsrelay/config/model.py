@@ -119,6 +119,8 @@ class WebSocketOptions:
     compression: bool  # permessage-deflate toward clients
     upstream_compression: bool  # permessage-deflate toward upstreams
     require_origin: bool = False  # True: with allowed_origins set, a handshake without Origin gets 403
+    max_message_rate: float | None = None  # messages per second from the client (relay mode); None: no limit
+    message_burst: int = 1  # messages the client may send at once beyond the rate
 
 
 @attrs.frozen
@@ -220,3 +222,4 @@ class Config:
     limit_req_clients: int = 100_000  # the most client buckets a route keeps (least recently seen go)
     ws_drain_spread: float = 5.0  # a stop closes WebSocket pairs evenly over this long
     reuse_port: bool = True  # SO_REUSEPORT on tcp: listeners (a new process can bind beside this one)
+    max_connections: int | None = None  # client connections per process; None: auto (RLIMIT_NOFILE); 0: no cap

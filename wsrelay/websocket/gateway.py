@@ -8,9 +8,11 @@ from typing import Any
 import txaio
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketServerFactory
 from autobahn.websocket.compress import PerMessageDeflateOffer
+from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
 
 from wsrelay import headers as H
+from wsrelay.bucket import Throttle
 from wsrelay.config import Route, Upstream
 from wsrelay.handshake import check_handshake
 from wsrelay.metrics import WebSocketMetrics
@@ -24,6 +26,8 @@ from wsrelay.websocket.legs import (
 )
 from wsrelay.websocket.pair import Pair
 
+log = Logger()
+
 
 class WebSocketGateway:
     """Takes WebSocket upgrade requests of a route and relays them to its upstream group."""
@@ -34,6 +38,8 @@ class WebSocketGateway:
         txaio.config.loop = gateway.reactor  # Autobahn's timers go through txaio's loop
         install_lazy_debug()  # no pretty-printing per connection for debug lines nobody writes
         self.metrics = WebSocketMetrics()
+        self.rate_closes = 0  # clients closed (1008) for going over ws_max_message_rate
+        self._rate_lines = Throttle(5.0)
         self._server_factories: dict[Route, WebSocketServerFactory] = {}
         self._client_factories: dict[tuple[Route, Upstream], WebSocketClientFactory] = {}
 
@@ -85,6 +91,19 @@ class WebSocketGateway:
             self._client_factories = {k: f for k, f in self._client_factories.items() if k[0] in routes}
             self._client_factories[key] = factory
         return factory
+
+    def over_rate(self, pair: Pair) -> None:
+        """``pair``'s client went over its route's ``ws_max_message_rate``: counted, and one log line
+        (no more than one every 5 s for all routes, with how many were held back)."""
+        self.rate_closes += 1
+        held = self._rate_lines.allow(self.gateway.reactor.seconds())
+        if held is None:
+            return
+        ws = pair.route.websocket
+        log.info("route {route}: client {client} sent messages faster than ws_max_message_rate ({rate:g}/s, burst"
+                 " {burst}): closed with 1008, its upstream with 1001{more}", route=pair.route.name,
+                 client=pair.client_ip or "unix", rate=ws.max_message_rate, burst=ws.message_burst,
+                 more=f" ({held} more since the last such line)" if held else "")
 
     def render(self, request: Request, route: Route, runtime: Any, scheme: str) -> bytes | int:
         raw = H.flatten(request.requestHeaders.getAllRawHeaders())

@@ -15,6 +15,10 @@ now"), so the common case builds no object but the payload.  What this module ad
 - pings are answered on each hop (not after the peer's close), wsrelay's own pings go out every
   ``ws_ping_interval`` and a hop that does not answer within ``ws_ping_timeout`` is dropped, unless
   wsrelay itself stopped reading it because the other side is slow;
+- ``ws_max_message_rate``: each message the client begins takes a token from its leg's
+  :class:`~wsrelay.bucket.TokenBucket` (the time from the reactor); with none left, the client gets
+  1008 and the relay fails its side (its upstream gets 1001), and what it sends until its close is
+  dropped.  A leg without a limit pays one attribute test per message;
 - the closing handshake as Autobahn's legs run it: a close wsrelay sends waits
   ``CLOSE_HANDSHAKE_TIMEOUT`` for its answer; once a close was answered, the server side (toward
   the client) closes TCP, the client side (toward the upstream) lets the server close it first,
@@ -32,6 +36,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsrelay import masking
+from wsrelay.bucket import TokenBucket
+from wsrelay.errors import CLOSE_POLICY_VIOLATION
 from wsrelay.flow import PEER_FULL, ReadGate
 from wsrelay.relay import CLIENT, Abort, Action, BeginMessage, EndMessage, Relay, SendClose, SendFrame, SendMessage
 from wsrelay.upgrade import CLOSE_HANDSHAKE_TIMEOUT
@@ -44,15 +50,28 @@ log = Logger()
 SERVER_DROP_TIMEOUT = 2.0
 
 
+class _RefuseAll:
+    """The rate of a client already closed for going over it: every message is dropped."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def take(now: float) -> bool:
+        return False
+
+
+_REFUSE_ALL: Any = _RefuseAll()
+
+
 @implementer(IProtocol)
 class LeanLeg(FrameReader):
     """One side of a relayed pair on the lean path: reads its peer's frames, writes the relay's."""
 
     __slots__ = ("pair", "side", "peer", "relay", "transport", "masks", "hop", "gate", "peer_closed",
-                 "close_sent", "out_op", "timer", "ping_call", "ping_payload", "idle", "why", "deflater")
+                 "close_sent", "out_op", "timer", "ping_call", "ping_payload", "idle", "why", "deflater", "limit")
 
     def __init__(self, pair: Any, side: str, relay: Relay, hop: Any, *, chunk: int, max_frame: int,
-                 max_message: int, idle: bool, extension: Any = None) -> None:
+                 max_message: int, idle: bool, extension: Any = None, limit: TokenBucket | None = None) -> None:
         client = side == CLIENT
         super().__init__(masked=client, chunk=chunk, max_frame=max_frame, max_message=max_message,
                          inflater=Inflater.for_peer(extension, peer_is_client=client) if extension else None)
@@ -74,6 +93,7 @@ class LeanLeg(FrameReader):
         self.ping_payload: bytes | None = None
         self.idle = idle  # the pair has an idle timeout: note each message's time
         self.why: str | None = None  # why wsrelay dropped this connection, for the log
+        self.limit = limit  # ws_max_message_rate of the client's messages (None: no limit)
 
     # -- IProtocol ------------------------------------------------------------------------------
 
@@ -118,10 +138,14 @@ class LeanLeg(FrameReader):
     # -- what the peer sends (FrameReader callbacks) ------------------------------------------------
 
     def on_message(self, payload: bytes, binary: bool, raw: bytes | None) -> None:
+        pair = self.pair
+        limit = self.limit
+        if limit is not None and not limit.take(pair.reactor.seconds()):
+            self._over_rate()
+            return
         hop = self.hop
         hop.messages_in += 1
         hop.octets_in += len(payload)
-        pair = self.pair
         if self.idle:
             pair.last_activity = pair.reactor.seconds()
         out = self.relay.message(self.side, payload, binary)
@@ -131,7 +155,12 @@ class LeanLeg(FrameReader):
             pair.perform(out)
 
     def on_begin(self, binary: bool) -> None:
-        self.pair.perform(self.relay.message_begin(self.side, binary))
+        pair = self.pair
+        limit = self.limit
+        if limit is not None and not limit.take(pair.reactor.seconds()):
+            self._over_rate()  # the message's frames are dropped (the relay mutes this side)
+            return
+        pair.perform(self.relay.message_begin(self.side, binary))
 
     def on_data(self, payload: bytes) -> None:
         self.hop.octets_in += len(payload)
@@ -181,6 +210,19 @@ class LeanLeg(FrameReader):
             self.close_sent = True
         pair.perform(self.relay.failed(self.side, code))
         self._lose()
+
+    def _over_rate(self) -> None:
+        """The client sends messages faster than ``ws_max_message_rate``: it gets 1008 (and its
+        answer is awaited as for any close wsrelay sends), its upstream 1001; what it sends until
+        its close is dropped."""
+        self.limit = _REFUSE_ALL
+        if self.close_sent:
+            return
+        pair = self.pair
+        pair.gw.over_rate(pair)  # counted, and a log line (at most one every few seconds)
+        pair.metrics.close_out(pair.route.name, self.side, CLOSE_POLICY_VIOLATION)
+        self._send_close(CLOSE_POLICY_VIOLATION, "message rate limit exceeded", False)
+        pair.perform(self.relay.failed(self.side, CLOSE_POLICY_VIOLATION))
 
     # -- what the relay sends this peer -------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from wsrelay import headers as H
+from wsrelay.bucket import TokenBucket
 from wsrelay.config import Route, Upstream
 from wsrelay.errors import CLOSE_GOING_AWAY, BadGateway
 from wsrelay.flow import OWN_FULL, PEER_FULL, BufferWatch, ReadGate
@@ -102,9 +103,11 @@ class Pair(Upgrade):
         had read after the handshake."""
         ws = self.route.websocket
         relay = self.relay
+        rate = ws.max_message_rate if side == CLIENT else None  # the upstream is the operator's own
         leg = LeanLeg(self, side, relay, self.metrics.hop(self.route.name, side), chunk=relay.chunk_size,
                       max_frame=ws.max_frame_size, max_message=ws.max_message_size,
-                      idle=bool(ws.idle_timeout), extension=old._perMessageCompress)  # type: ignore[attr-defined]
+                      idle=bool(ws.idle_timeout), extension=old._perMessageCompress,  # type: ignore[attr-defined]
+                      limit=TokenBucket(rate, ws.message_burst) if rate else None)
         transport = old.transport  # type: ignore[attr-defined]
         pending = retire(old)
         old.transport = None  # type: ignore[attr-defined]
