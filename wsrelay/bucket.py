@@ -35,6 +35,10 @@ class TokenBucket:
         self.tat = tat + self.interval
         return True
 
+    def full(self, now: float) -> bool:
+        """Whether every token has come back (the bucket says no more than a new one would)."""
+        return self.tat <= now
+
     def retry_after(self, now: float) -> float:
         """Seconds until ``take`` would succeed again (0.0 if it would now)."""
         return max(0.0, self.tat - self.tolerance - now)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 
+from wsrelay.bucket import Throttle, TokenBucket
+
 #: Seconds between two log lines about one client's refusals.
 LOG_INTERVAL = 10.0
 #: Clients whose refusals the log remembers.
@@ -31,36 +33,28 @@ _EXPIRE_PER_CALL = 2
 
 
 class Buckets:
-    """One route's token buckets, per client address: ``(tokens, when)`` in least-recently-seen
-    order (a dict keeps insertion order; a bucket is re-inserted when used)."""
+    """One route's token buckets (:class:`wsrelay.bucket.TokenBucket`), per client address, in
+    least-recently-seen order (a dict keeps insertion order; a bucket is re-inserted when used).
+    A reload that changes the route's rate or burst starts its clients' buckets anew."""
 
     __slots__ = ("table", "evicted")
 
     def __init__(self) -> None:
-        self.table: dict[str, tuple[float, float]] = {}
+        self.table: dict[str, TokenBucket] = {}
         self.evicted = 0
 
     def take(self, client: str, now: float, rate: float, burst: int, cap: int) -> float:
         """Take a token from ``client``'s bucket: 0.0 if there was one, else the seconds until
         there is (nothing is taken then)."""
         table = self.table
-        state = table.pop(client, None)
-        if state is None:
-            tokens = float(burst)
-        else:
-            tokens = state[0] + (now - state[1]) * rate
-            if tokens > burst:
-                tokens = float(burst)
-        if tokens >= 1.0:
-            tokens -= 1.0
-            wait = 0.0
-        else:
-            wait = (1.0 - tokens) / rate
-        table[client] = (tokens, now)
+        bucket = table.pop(client, None)
+        if bucket is None or bucket.rate != rate or bucket.burst != burst:
+            bucket = TokenBucket(rate, burst)
+        wait = 0.0 if bucket.take(now) else bucket.retry_after(now)
+        table[client] = bucket
         for _ in range(_EXPIRE_PER_CALL):  # the oldest, if it has refilled: forget it
             oldest = next(iter(table))
-            old_tokens, when = table[oldest]
-            if oldest == client or old_tokens + (now - when) * rate < burst:
+            if oldest == client or not table[oldest].full(now):
                 break
             del table[oldest]
         while len(table) > cap:
@@ -70,29 +64,24 @@ class Buckets:
 
 
 class RefusalLog:
-    """Whether a refusal of a client gets a log line: one per client per ``interval``; the next
-    line says how many were refused without one."""
+    """Whether a refusal of a client gets a log line: one per client per ``interval`` (a
+    :class:`wsrelay.bucket.Throttle` each); the next line says how many were refused without one."""
 
     __slots__ = ("interval", "clients", "seen")
 
     def __init__(self, interval: float = LOG_INTERVAL, clients: int = LOG_CLIENTS) -> None:
         self.interval = interval
         self.clients = clients
-        self.seen: dict[str, list[float]] = {}  # client -> [when logged, refused since]
+        self.seen: dict[str, Throttle] = {}  # least recently refused first
 
     def note(self, client: str, now: float) -> int | None:
         """None: no line now (counted); else write a line, saying this many went unlogged before it."""
-        entry = self.seen.get(client)
-        if entry is not None and now - entry[0] < self.interval:
-            entry[1] += 1
-            return None
-        suppressed = int(entry[1]) if entry is not None else 0
         seen = self.seen
-        seen.pop(client, None)
-        seen[client] = [now, 0]
+        throttle = seen.pop(client, None) or Throttle(self.interval)
+        seen[client] = throttle
         while len(seen) > self.clients:
             del seen[next(iter(seen))]
-        return suppressed
+        return throttle.allow(now)
 
 
 class Limits:
