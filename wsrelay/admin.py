@@ -33,6 +33,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.web.resource import ForbiddenResource, Resource
 from twisted.web.server import Request, Site
 
+from wsrelay import families
+
 
 class State(Protocol):
     """What the admin pages read from the running service (``RelayService`` provides it)."""
@@ -67,7 +69,9 @@ def status(state: State) -> dict[str, Any]:
         "reloads": dict(state.reloads, last_success=state.last_reload),
         "open_exchanges": len(state.gateway.live),
         "upstreams": state.gateway.balancer.snapshot(),
-        "websocket": state.gateway.websocket.metrics.snapshot(),
+        "http": state.gateway.metrics.http.snapshot(),
+        "websocket": state.gateway.metrics.websocket.snapshot(),
+        "tls": state.gateway.metrics.tls.snapshot(),
         "certificates": state.certificate_expiry(),
     }
 
@@ -87,19 +91,27 @@ class _Collector:
                                    "server", labels=labels)
         served = CounterMetricFamily("wsrelay_upstream_server_responses", "Answers the server gave (its status not "
                                      "in fail_statuses)", labels=labels)
-        failed = CounterMetricFamily("wsrelay_upstream_server_failures", "Failures counted against the server "
-                                     "(refused, reset, timed out, invalid, fail_statuses)", labels=labels)
+        failed = CounterMetricFamily("wsrelay_upstream_server_failures", "Failures counted against the server, "
+                                     "by cause (connect_error, connect_timeout, read_timeout, status...)",
+                                     labels=[*labels, "cause"])
+        retries = CounterMetricFamily("wsrelay_upstream_server_retries", "Failed attempts on the server tried "
+                                      "again on another one", labels=labels)
         for group, members in state.gateway.balancer.snapshot().items():
             for key, s in members.items():
                 values = [group, key]
                 up.add_metric(values, float(s["healthy"] and not s["down"]))
                 active.add_metric(values, s["active"])
                 served.add_metric(values, s["served"])
-                failed.add_metric(values, s["failed"])
-        yield from (up, active, served, failed)
+                for cause, count in sorted(s["failed_by_cause"].items()):
+                    failed.add_metric([*values, cause], count)
+                retries.add_metric(values, s["retries"])
+        yield from (up, active, served, failed, retries)
         yield GaugeMetricFamily("wsrelay_open_exchanges", "HTTP requests and WebSocket connections in progress",
                                 value=len(state.gateway.live))
-        yield from _websocket_families(state.gateway.websocket.metrics.snapshot())
+        metrics = state.gateway.metrics
+        yield from families.http(metrics.http)
+        yield from families.websocket(metrics.websocket)
+        yield from families.tls(metrics.tls)
         reloads = CounterMetricFamily("wsrelay_reloads", "Configuration reloads by result", labels=["result"])
         for result, count in state.reloads.items():
             reloads.add_metric([result], count)
@@ -112,27 +124,6 @@ class _Collector:
         for name, when in state.certificate_expiry().items():
             expiry.add_metric([name], when)
         yield expiry
-
-
-def _websocket_families(snapshot: dict[str, Any]) -> Iterator[Any]:
-    open_ = GaugeMetricFamily("wsrelay_websocket_pairs_open", "WebSocket pairs open", labels=["route"])
-    opened = CounterMetricFamily("wsrelay_websocket_pairs_opened", "WebSocket pairs opened", labels=["route"])
-    messages = CounterMetricFamily("wsrelay_websocket_messages", "WebSocket messages per hop and direction",
-                                   labels=["route", "hop", "direction"])
-    octets = CounterMetricFamily("wsrelay_websocket_payload_bytes", "WebSocket payload bytes (tunnels: all "
-                                 "bytes) per hop and direction", labels=["route", "hop", "direction"])
-    closes = CounterMetricFamily("wsrelay_websocket_closes", "Close frames per hop, direction and code",
-                                 labels=["route", "hop", "direction", "code"])
-    for route, counters in snapshot.items():
-        open_.add_metric([route], counters["open"])
-        opened.add_metric([route], counters["opened"])
-        for hop, h in counters["hops"].items():
-            for direction in ("in", "out"):
-                messages.add_metric([route, hop, direction], h[f"messages_{direction}"])
-                octets.add_metric([route, hop, direction], h[f"octets_{direction}"])
-                for code, count in h[f"closes_{direction}"].items():
-                    closes.add_metric([route, hop, direction, "none" if code == "None" else code], count)
-    yield from (open_, opened, messages, octets, closes)
 
 
 class _Page(Resource):

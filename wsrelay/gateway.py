@@ -23,6 +23,7 @@ from wsrelay.accesslog import AccessLog, open_problem
 from wsrelay.balancing import Balancer
 from wsrelay.config import Config, ConfigError
 from wsrelay.healthcheck import HealthChecker
+from wsrelay.metrics import Metrics
 from wsrelay.routing import Router
 from wsrelay.sticky import StickyKey, load_key
 
@@ -83,6 +84,7 @@ class Gateway:
         self.health = HealthChecker(reactor, self.balancer)
         self.health.configure(config.upstreams)
         self.live: set[Live] = set()
+        self.metrics = Metrics()
         self._idle: list[Deferred[None]] = []
         self.http = HTTPProxy(self)
         self.websocket = WebSocketGateway(self)

@@ -247,10 +247,13 @@ class Upgrade:
             return
         timeout = reason.check(neterror.TimeoutError) is not None
         self.lease.failure("connect timeout" if timeout else "connect error")
+        retry = len(self.tried) <= self.route.retries and self.reactor.seconds() < self.deadline
+        if retry:
+            self.lease.retried()
         self.lease.release()
         self.lease = None
         error = (GatewayTimeout if timeout else BadGateway)(f"WebSocket upstream unreachable: {reason_text(reason)}")
-        if len(self.tried) <= self.route.retries and self.reactor.seconds() < self.deadline:
+        if retry:
             self.connect(retry_of=error)
             return
         self.refuse(error)
@@ -284,6 +287,7 @@ class Upgrade:
             self.lease.failure(cause)
         if (retryable and self.lease is not None and len(self.tried) <= self.route.retries
                 and self.reactor.seconds() < self.deadline):
+            self.lease.retried()
             self.lease.release()
             self.lease = None
             self.forget_upstream()
@@ -319,6 +323,7 @@ class Upgrade:
         self.abort_upstream()
         request = self.request
         if request.channel is not None and not request.finished and not request._disconnected:
+            self.metrics.refused(self.route.name, error.status)
             body = answer_error(request, error)
             if isinstance(error, UpstreamRefusal):
                 self.pass_on(error)
@@ -388,7 +393,7 @@ class Upgrade:
     def now_open(self) -> None:
         """Both sides are open: count it and start the idle timer."""
         self.opened = True
-        self.metrics.opened(self.route.name)
+        self.metrics.opened(self.route.name, self.route.websocket.mode)
         self.last_activity = self.reactor.seconds()
         if self.route.websocket.idle_timeout:
             self.idle_timer = self.reactor.callLater(self.route.websocket.idle_timeout, self.check_idle)
@@ -431,7 +436,7 @@ class Upgrade:
                 duration=time.monotonic() - self.started,
             ))
         if self.opened:
-            self.metrics.ended(self.route.name)
+            self.metrics.ended(self.route.name, self.route.websocket.mode)
         self.gw.gateway.closed(self)
 
     def shutdown(self) -> None:

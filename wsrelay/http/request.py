@@ -58,6 +58,8 @@ class RelayRequest(server.Request):
     wsrelay_raw: list[tuple[bytes, bytes]] | None = None
     #: set by the HTTP proxy: the exchange to tell when the client leaves before the response ends.
     wsrelay_exchange: Any = None
+    #: set by the site: the name of the route the request matched (None: refused before that).
+    wsrelay_route: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -120,6 +122,9 @@ class RelayRequest(server.Request):
             return
         self._logged = True
         gateway = self._gateway
+        duration = time.monotonic() - self.wsrelay_started
+        gateway.metrics.http.done(self.wsrelay_route, method if method is not None else self.method, status,
+                                  duration, self.wsrelay_received, sent)
         if not gateway.access_log.enabled:
             return
         peer = self.getClientAddress()
@@ -129,7 +134,7 @@ class RelayRequest(server.Request):
             target=target if target is not None else (self.uri or b"-"),
             protocol=protocol or self.clientproto, status=status, sent=sent,
             referer=self.getHeader(b"referer"), user_agent=self.getHeader(b"user-agent"),
-            upstream=self.wsrelay_upstream, duration=time.monotonic() - self.wsrelay_started,
+            upstream=self.wsrelay_upstream, duration=duration,
         ))
 
     def log_refusal(self, status: int, sent: int) -> None:

@@ -12,8 +12,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from wsrelay import headers as H
 from wsrelay.config import Route, Upstream
+from wsrelay.errors import ProxyError
 from wsrelay.handshake import check_handshake
-from wsrelay.metrics import WebSocketMetrics
 from wsrelay.upgrade import CLOSE_HANDSHAKE_TIMEOUT
 from wsrelay.websocket.legs import (
     ClientLeg,
@@ -33,7 +33,7 @@ class WebSocketGateway:
         txaio.use_twisted()
         txaio.config.loop = gateway.reactor  # Autobahn's timers go through txaio's loop
         install_lazy_debug()  # no pretty-printing per connection for debug lines nobody writes
-        self.metrics = WebSocketMetrics()
+        self.metrics = gateway.metrics.websocket  # outlives reloads, as the gateway
         self._server_factories: dict[Route, WebSocketServerFactory] = {}
         self._client_factories: dict[tuple[Route, Upstream], WebSocketClientFactory] = {}
 
@@ -85,7 +85,11 @@ class WebSocketGateway:
 
     def render(self, request: Request, route: Route, runtime: Any, scheme: str) -> bytes | int:
         raw = H.flatten(request.requestHeaders.getAllRawHeaders())
-        protocols = check_handshake(request, route, raw)
+        try:
+            protocols = check_handshake(request, route, raw)
+        except ProxyError as e:  # answered by the site
+            self.metrics.refused(route.name, e.status)
+            raise
         upstream = runtime.config.upstreams[route.upstream]
         if route.websocket.mode == "tunnel":
             from wsrelay.tunnel import Tunnel
