@@ -24,11 +24,16 @@ class _Families:
         yield from families.tls(self.metrics.tls)
 
 
-def exposition(metrics: Metrics) -> list[str]:
-    """The sample lines /metrics would show for ``metrics`` (comments left out)."""
+def page(metrics: Metrics) -> bytes:
+    """The text /metrics would show for ``metrics`` (its wsrelay_http/websocket/tls families)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(metrics))  # type: ignore[arg-type]
-    return [line for line in generate_latest(registry).decode().splitlines() if not line.startswith("#")]
+    return generate_latest(registry)
+
+
+def exposition(metrics: Metrics) -> list[str]:
+    """The sample lines of :func:`page` (comments left out)."""
+    return [line for line in page(metrics).decode().splitlines() if not line.startswith("#")]
 
 
 def test_histogram_buckets_are_cumulative_and_a_bound_belongs_to_its_own_bucket() -> None:
@@ -150,3 +155,26 @@ def test_websocket_retry_counted_against_the_server_that_failed() -> None:
     assert (servers[first]["failed_by_cause"], servers[first]["retries"]) == ({"connect_error": 1}, 1)
     assert (servers[second]["failed_by_cause"], servers[second]["retries"]) == ({"connect_error": 1}, 0)
     assert dict(h.gateway.metrics.websocket.routes["/"].refusals) == {502: 1}
+
+
+def test_worker_pages_merge_into_one_with_a_worker_label() -> None:
+    """Families of the same name from several workers become one family, each sample labelled
+    with its worker; a worker without a page is only wsrelay_worker_up 0."""
+    from wsrelay.adminworkers import merge_metrics
+
+    one = Metrics()
+    one.http.done("/", b"GET", 200, 0.001, 0, 5)
+    two = Metrics()
+    two.http.done("/", b"GET", 200, 0.001, 0, 7)
+    two.http.done("/", b"POST", 500, 0.001, 3, 0)
+    merged = merge_metrics({0: page(one), 1: page(two), 2: None}).decode().splitlines()
+    assert [line for line in merged if line.startswith(("wsrelay_http_requests_total", "wsrelay_worker_up"))] == [
+        'wsrelay_worker_up{worker="0"} 1.0',
+        'wsrelay_worker_up{worker="1"} 1.0',
+        'wsrelay_worker_up{worker="2"} 0.0',
+        'wsrelay_http_requests_total{code="2xx",method="GET",route="/",worker="0"} 1.0',
+        'wsrelay_http_requests_total{code="2xx",method="GET",route="/",worker="1"} 1.0',
+        'wsrelay_http_requests_total{code="5xx",method="POST",route="/",worker="1"} 1.0',
+    ]
+    assert merged.count("# TYPE wsrelay_http_requests_total counter") == 1
+    assert 'wsrelay_http_body_bytes_total{direction="out",route="/",worker="1"} 7.0' in merged

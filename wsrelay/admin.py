@@ -19,6 +19,9 @@ Pages:
 - ``/status``: JSON: the configuration's path and load time, each upstream server's state, open
   exchanges and WebSocket pairs per route, reloads;
 - ``/metrics``: the Prometheus text format (names and labels in README, Operations).
+
+With ``workers = N`` each worker serves these pages on a unix socket of its own and the master's
+``/metrics`` and ``/status`` include every worker's (``adminworkers.py``).
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from typing import Any, Protocol
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.web.resource import ForbiddenResource, Resource
-from twisted.web.server import Request, Site
+from twisted.internet.defer import Deferred
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from wsrelay import families
+from wsrelay.adminworkers import fetch_all, merge_metrics, merge_status
 
 
 class State(Protocol):
@@ -46,10 +51,15 @@ class State(Protocol):
     last_reload: float | None
     gateway: Any
 
+    reactor: Any
+
     @property
     def config(self) -> Any: ...
 
     def certificate_expiry(self) -> dict[str, float]: ...
+
+    def worker_sockets(self) -> dict[int, str]:
+        """The other workers' admin sockets by index (none: one process, or a worker itself)."""
 
 
 def readiness(state: State) -> tuple[bool, dict[str, Any]]:
@@ -133,8 +143,24 @@ class _Page(Resource):
         super().__init__()
         self._render = render
 
-    def render_GET(self, request: Request) -> bytes:
-        status_code, content_type, body = self._render()
+    def render_GET(self, request: Request) -> bytes | int:
+        result = self._render()
+        if not isinstance(result, Deferred):
+            return self._answer(request, result)
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(page: tuple[int, bytes, bytes]) -> None:
+            if not gone:
+                request.write(self._answer(request, page))
+                request.finish()
+
+        result.addCallback(answer)
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _answer(request: Request, page: tuple[int, bytes, bytes]) -> bytes:
+        status_code, content_type, body = page
         request.setResponseCode(status_code)
         request.setHeader(b"content-type", content_type)
         request.setHeader(b"cache-control", b"no-store")
@@ -187,8 +213,23 @@ def admin_site(state: State, allow: tuple[Any, ...] = ()) -> Site:
     root = _Root(allow)
     root.putChild(b"healthz", _Page(lambda: (200, b"text/plain; charset=utf-8", b"ok\n")))
     root.putChild(b"readyz", _Page(ready))
-    root.putChild(b"status", _Page(lambda: _json(status(state))))
-    root.putChild(b"metrics", _Page(lambda: (200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry))))
+    def status_page() -> Any:
+        own = status(state)
+        sockets = state.worker_sockets()
+        if not sockets:
+            return _json(own)
+        return fetch_all(state.reactor, sockets, b"/status").addCallback(lambda texts: _json(merge_status(own, texts)))
+
+    def metrics_page() -> Any:
+        own = generate_latest(registry)
+        sockets = state.worker_sockets()
+        if not sockets:
+            return 200, CONTENT_TYPE_LATEST.encode(), own
+        return fetch_all(state.reactor, sockets, b"/metrics").addCallback(
+            lambda texts: (200, CONTENT_TYPE_LATEST.encode(), merge_metrics({0: own, **texts})))
+
+    root.putChild(b"status", _Page(status_page))
+    root.putChild(b"metrics", _Page(metrics_page))
     site = Site(root)
     site.noisy = False
     site.displayTracebacks = False
