@@ -6,7 +6,7 @@ integer increment on an object bound once (a WebSocket leg holds its hop's :clas
 from the pair's start; an HTTP request's route counters are found once, when it ends) and, for
 durations and round trips, one ``bisect`` into a fixed bucket list (:class:`Histogram`).
 
-HTTP: per route (``-`` for requests refused before a route was found), requests by method (the
+HTTP: per route (``-`` for requests answered before a route was found), requests by method (the
 common ones by name, the rest as ``other``) and status class, a duration histogram, body bytes in
 (from the client) and out (to the client).
 

@@ -159,7 +159,7 @@ class LeanLeg(FrameReader):
             self.ping_payload = None
             self._cancel(self.ping_call)
             reactor = self.pair.reactor
-            self.hop.rtt.observe(reactor.seconds() - self.ping_at)
+            self.hop.rtt.observe(max(reactor.seconds() - self.ping_at, 0.0))  # a clock set back: 0
             self.ping_call = reactor.callLater(self.pair.route.websocket.ping_interval, self._ping)
 
     def on_close(self, code: int | None, reason: str) -> None:
