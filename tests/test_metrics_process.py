@@ -118,6 +118,7 @@ def test_metrics_count_exactly_what_went_through(ca: CA, demo: UpstreamProcess,
     assert http(b"GET /api/info HTTP/1.1\r\n" + host + b"\r\n") == 200
     assert http(b"POST /api/info HTTP/1.1\r\n" + host + b"Content-Length: 1000\r\n\r\n" + b"x" * 1000) == 200
     assert http(b"GET /nothing HTTP/1.1\r\n" + host + b"\r\n") == 404
+    assert http(b"POST /api/info HTTP/1.1\r\n" + host + b"Content-Length: 99999999\r\n\r\n") == 413  # at the head
     assert http(b"GET / HTTP/1.1\r\nHost: bad host\r\n\r\n", route="-") == 400
     assert http(b"GET / HTTP/1.1 extra\r\n\r\n", route="-") == 400  # refused on its request line
     for _ in range(2):  # round robin: one of the two tries the dead server first, then the demo
@@ -151,11 +152,11 @@ def test_metrics_count_exactly_what_went_through(ca: CA, demo: UpstreamProcess,
     s = scrape(base)
     requests = {(dict(k[1])["route"], dict(k[1])["method"], dict(k[1])["code"]): v
                 for k, v in s.items() if k[0] == "wsrelay_http_requests_total"}
-    assert requests == {("/", "GET", "2xx"): 3, ("/", "POST", "2xx"): 1, ("/", "GET", "4xx"): 3,
+    assert requests == {("/", "GET", "2xx"): 3, ("/", "POST", "2xx"): 1, ("/", "GET", "4xx"): 3, ("/", "POST", "4xx"): 1,
                         ("-", "GET", "4xx"): 1, ("-", "other", "4xx"): 1,
                         ("/retry/", "GET", "4xx"): 2}
-    assert value(s, "wsrelay_http_request_duration_seconds_count", route="/") == 7
-    assert value(s, "wsrelay_http_request_duration_seconds_bucket", route="/", le="+Inf") == 7
+    assert value(s, "wsrelay_http_request_duration_seconds_count", route="/") == 8
+    assert value(s, "wsrelay_http_request_duration_seconds_bucket", route="/", le="+Inf") == 8
     assert value(s, "wsrelay_http_request_duration_seconds_count", route="-") == 2
     assert value(s, "wsrelay_http_body_bytes_total", route="/", direction="in") == 1000
     assert value(s, "wsrelay_http_body_bytes_total", route="/", direction="out") == sent_out["/"]

@@ -105,7 +105,10 @@ class RelayRequest(server.Request):
             raise BadRequest("no request target")
         route = self._gateway.runtime.router.match(normalize_host(hosts[0] if hosts else None),
                                                    normalize_path(target))
-        return route.max_body_size if route is not None else 0
+        if route is None:
+            return 0
+        self.wsrelay_route = route.name  # a 413 answered now counts on its route
+        return route.max_body_size
 
     def handleContentChunk(self, data: bytes) -> None:
         self.wsrelay_received += len(data)
