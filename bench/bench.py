@@ -16,7 +16,12 @@ core 0, measures every scenario against it and stops it:
 * ``wsrelay``      ``twistd -n --pidfile= wsrelay --config GENERATED.ini``, workers = 1: variants
   ``relay`` (route ``/ws/``, ws_mode = relay) and ``tunnel`` (route ``/tunnel/``); HTTP is
   measured once (it does not depend on ws_mode) and reported under ``relay``;
-* ``wsrelay-w2``   the same with ``workers = 2`` (WebSocket throughput and HTTP).
+* ``wsrelay-w2``   the same with ``workers = 2`` (WebSocket throughput and HTTP);
+* ``wsrelay-admin`` ``wsrelay`` with the admin listener on (``[admin] endpoint``, /metrics),
+  variant ``relay-admin`` (WebSocket throughput and HTTP): its CPU per message against ``relay``
+  in the same run is what the admin listener costs (README, Operations);
+* ``wsrelay-alt``  (only with ``--twistd-alt PATH``) ``wsrelay`` run by another venv's twistd,
+  variant ``relay-alt``: an A/B of two versions of wsrelay in one run (``relay`` / ``relay-alt``).
 
 Scenarios: WebSocket echo throughput (64 B, 16 KiB, 1 MiB binary messages, several connections,
 several messages in flight each), WebSocket round-trip latency (64 B, one message in flight per
@@ -115,6 +120,8 @@ INSTANCES: dict[str, tuple[str, int, dict[str, tuple[str, list[str]]]]] = {
         "tunnel": ("/tunnel/echo", list(WS_THR) + list(WS_LAT)),
     }),
     "wsrelay-w2": ("wsrelay", 2, {"relay-w2": ("/ws/echo", list(WS_THR) + HTTP_ALL)}),
+    "wsrelay-admin": ("wsrelay-admin", 1, {"relay-admin": ("/ws/echo", list(WS_THR) + HTTP_ALL)}),
+    "wsrelay-alt": ("wsrelay-alt", 1, {"relay-alt": ("/ws/echo", list(WS_THR) + HTTP_ALL)}),
 }
 # memory test: variant -> (instance kind, workers, WebSocket path)
 MEMORY = {
@@ -124,7 +131,7 @@ MEMORY = {
     "tunnel": ("wsrelay", 1, "/tunnel/echo"),
     "relay-w2": ("wsrelay", 2, "/ws/echo"),
 }
-VARIANTS = ["direct", "nginx", "nginx-tuned", "relay", "tunnel", "relay-w2"]
+VARIANTS = ["direct", "nginx", "nginx-tuned", "relay", "tunnel", "relay-w2", "relay-admin", "relay-alt"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,8 +378,10 @@ class Bench:
             return port
         ini = os.path.join(self.workdir, f"{stamp}.ini")
         with open(ini, "w") as f:
-            f.write(configs.wsrelay_ini(port, self.origin_port, self.ws_port, workers=workers))
-        cmd = [self.args.twistd, "-n", "--pidfile=", "wsrelay", "--config", ini]
+            f.write(configs.wsrelay_ini(port, self.origin_port, self.ws_port, workers=workers,
+                                        admin=kind == "wsrelay-admin"))
+        twistd = self.args.twistd_alt if kind == "wsrelay-alt" else self.args.twistd
+        cmd = [twistd, "-n", "--pidfile=", "wsrelay", "--config", ini]
         proc = self.procs.spawn(stamp, cmd, cpus=self.proxy_cpus)
         self.proxy = proc
         proc.error_log = proc.log_path  # type: ignore[attr-defined]
@@ -398,10 +407,10 @@ class Bench:
             return
         was_alive = proc.alive()
         # wsrelay: SIGTERM to the master only (it stops its workers); nginx: to the group
-        rc = self.procs.stop(proc, timeout=20, group_term=self.proxy_kind != "wsrelay")
+        rc = self.procs.stop(proc, timeout=20, group_term=not self.proxy_kind.startswith("wsrelay"))
         if not was_alive:
             self.problem(label, f"proxy had exited by itself (status {rc})", tail(proc.log_path, 20).split(" | "))
-        elif rc not in (0, -signal.SIGTERM, None) and self.proxy_kind == "wsrelay":
+        elif rc not in (0, -signal.SIGTERM, None) and self.proxy_kind.startswith("wsrelay"):
             # twistd re-raises the signal that stopped it, hence -15 is a clean stop
             self.problem(label, f"wsrelay exit status {rc} after SIGTERM", tail(proc.log_path, 10).split(" | "))
         elif rc is None:
@@ -686,6 +695,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--load-cpus", default="1", help="taskset CPU list for load generator and upstreams (default 1)")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     p.add_argument("--twistd", default=os.path.join(os.path.dirname(sys.executable), "twistd"))
+    p.add_argument("--twistd-alt", help="another venv's twistd, run as instance wsrelay-alt (variant relay-alt)")
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     p.add_argument("--node", default=shutil.which("node") or "node")
     p.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
@@ -696,7 +706,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (0.5 if q else 1.0)
     args.memory_runs = args.memory_runs or (1 if q else 2)
     args.idle_counts = [int(x) for x in (args.idle_counts or ("200,1000" if q else "1000,5000")).split(",")]
-    args.only = args.only.split(",") if args.only else list(INSTANCES)
+    args.only = args.only.split(",") if args.only else [n for n in INSTANCES if n != "wsrelay-alt"]
+    if args.twistd_alt and "wsrelay-alt" not in args.only:
+        args.only.append("wsrelay-alt")
+    if "wsrelay-alt" in args.only and not args.twistd_alt:
+        p.error("instance wsrelay-alt needs --twistd-alt PATH")
     args.scenarios = args.scenarios.split(",") if args.scenarios else ALL_SCENARIOS
     for name in args.only:
         if name not in INSTANCES:
@@ -729,7 +743,7 @@ def _repo_relative(value: Any) -> Any:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    for tool in (args.twistd, args.nginx, args.node, args.wrk):
+    for tool in (args.twistd, args.nginx, args.node, args.wrk, *([args.twistd_alt] if args.twistd_alt else [])):
         if not (os.path.exists(tool) or shutil.which(tool)):
             print(f"bench: {tool} not found (run sh bench/run.sh, which installs it)", file=sys.stderr)
             return 2

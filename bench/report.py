@@ -47,7 +47,7 @@ def log_findings(text: str) -> dict[tuple[str, str], tuple[int, list[str]]]:
         out[(level, message)] = (count + 1, example)
     return out
 
-PROXIES = ["nginx", "nginx-tuned", "relay", "tunnel", "relay-w2"]
+PROXIES = ["nginx", "nginx-tuned", "relay", "tunnel", "relay-w2", "relay-admin", "relay-alt"]
 ALL = ["direct"] + PROXIES
 SCENARIOS = ["ws_64B", "ws_16KiB", "ws_1MiB", "ws_64B_deflate", "lat_1conn", "lat_100conn",
              "http_small", "http_1MiB_get", "http_1MiB_post", "http_post_early"]
@@ -84,7 +84,9 @@ def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]],
             out["figures"].setdefault(variant, {})[scenario] = {
                 m: s for m in METRICS if (s := stats([r.get(m) for r in items])) is not None}
     for variant in PROXIES:
-        for ref in ("nginx", "nginx-tuned"):
+        # relay-admin / relay: the admin listener's cost; relay / relay-alt: an A/B of two versions
+        for ref in ("nginx", "nginx-tuned", *(("relay",) if variant == "relay-admin" else ()),
+                    *(("relay-alt",) if variant == "relay" else ())):
             if variant == ref:
                 continue
             for scenario in SCENARIOS:
@@ -218,11 +220,13 @@ def render(data: dict[str, Any]) -> str:
 
     section("Ratios of proxy CPU per message/request")
     pairs = [("nginx-tuned", "nginx"), ("relay", "nginx"), ("relay", "nginx-tuned"), ("tunnel", "nginx"),
-             ("tunnel", "nginx-tuned"), ("relay-w2", "nginx"), ("relay-w2", "nginx-tuned")]
+             ("tunnel", "nginx-tuned"), ("relay-w2", "nginx"), ("relay-w2", "nginx-tuned"),
+             ("relay-admin", "relay"), ("relay", "relay-alt")]
     rows = []
     for s in SCEN:
         rows.append([SCEN_LABEL[s]] + [cell(rat.get(v, {}).get(ref, {}).get(s), ratio=True) for v, ref in pairs])
-    short = {"nginx": "nginx", "nginx-tuned": "tuned", "relay": "relay", "tunnel": "tunnel", "relay-w2": "w2"}
+    short = {"nginx": "nginx", "nginx-tuned": "tuned", "relay": "relay", "tunnel": "tunnel", "relay-w2": "w2",
+             "relay-admin": "admin", "relay-alt": "alt"}
     out.append(table(["scenario"] + [f"{short[v]}/{short[ref]}" for v, ref in pairs], rows))
 
     section("Targets (ratio to nginx usual recipe, same run)")

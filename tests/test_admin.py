@@ -84,7 +84,7 @@ def test_health_readiness_status_and_metrics(demo: UpstreamProcess, start_relay:
     metrics = asyncio.run(asyncio.wait_for(with_a_pair(), 30)).decode()
     assert "process_resident_memory_bytes " in metrics
     assert f'wsrelay_upstream_server_up{{server="http://127.0.0.1:{demo.port}",upstream="demo"}} 1.0' in metrics
-    assert 'wsrelay_websocket_pairs_open{route="/"} 1.0' in metrics
+    assert 'wsrelay_websocket_pairs_open{mode="relay",route="/"} 1.0' in metrics
     assert re.search(r'wsrelay_websocket_messages_total\{direction="in",hop="client",route="/"\} 1\.0', metrics)
     assert 'wsrelay_reloads_total{result="ok"} 0.0' in metrics
 

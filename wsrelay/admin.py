@@ -19,6 +19,9 @@ Pages:
 - ``/status``: JSON: the configuration's path and load time, each upstream server's state, open
   exchanges and WebSocket pairs per route, reloads;
 - ``/metrics``: the Prometheus text format (names and labels in README, Operations).
+
+With ``workers = N`` each worker serves these pages on a unix socket of its own and the master's
+``/metrics`` and ``/status`` include every worker's (``adminworkers.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ from typing import Any, Protocol
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.web.resource import ForbiddenResource, Resource
-from twisted.web.server import Request, Site
+from twisted.internet.defer import Deferred
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from wsrelay import families
+from wsrelay.adminworkers import fetch_all, merge_metrics, merge_status
 
 
 class State(Protocol):
@@ -44,10 +51,15 @@ class State(Protocol):
     last_reload: float | None
     gateway: Any
 
+    reactor: Any
+
     @property
     def config(self) -> Any: ...
 
     def certificate_expiry(self) -> dict[str, float]: ...
+
+    def worker_sockets(self) -> dict[int, str]:
+        """The other workers' admin sockets by index (none: one process, or a worker itself)."""
 
 
 def readiness(state: State) -> tuple[bool, dict[str, Any]]:
@@ -67,7 +79,9 @@ def status(state: State) -> dict[str, Any]:
         "reloads": dict(state.reloads, last_success=state.last_reload),
         "open_exchanges": len(state.gateway.live),
         "upstreams": state.gateway.balancer.snapshot(),
-        "websocket": state.gateway.websocket.metrics.snapshot(),
+        "http": state.gateway.metrics.http.snapshot(),
+        "websocket": state.gateway.metrics.websocket.snapshot(),
+        "tls": state.gateway.metrics.tls.snapshot(),
         "certificates": state.certificate_expiry(),
     }
 
@@ -87,19 +101,27 @@ class _Collector:
                                    "server", labels=labels)
         served = CounterMetricFamily("wsrelay_upstream_server_responses", "Answers the server gave (its status not "
                                      "in fail_statuses)", labels=labels)
-        failed = CounterMetricFamily("wsrelay_upstream_server_failures", "Failures counted against the server "
-                                     "(refused, reset, timed out, invalid, fail_statuses)", labels=labels)
+        failed = CounterMetricFamily("wsrelay_upstream_server_failures", "Failures counted against the server, "
+                                     "by cause (connect_error, connect_timeout, read_timeout, status...)",
+                                     labels=[*labels, "cause"])
+        retries = CounterMetricFamily("wsrelay_upstream_server_retries", "Failed attempts on the server tried "
+                                      "again on another one", labels=labels)
         for group, members in state.gateway.balancer.snapshot().items():
             for key, s in members.items():
                 values = [group, key]
                 up.add_metric(values, float(s["healthy"] and not s["down"]))
                 active.add_metric(values, s["active"])
                 served.add_metric(values, s["served"])
-                failed.add_metric(values, s["failed"])
-        yield from (up, active, served, failed)
+                for cause, count in sorted(s["failed_by_cause"].items()):
+                    failed.add_metric([*values, cause], count)
+                retries.add_metric(values, s["retries"])
+        yield from (up, active, served, failed, retries)
         yield GaugeMetricFamily("wsrelay_open_exchanges", "HTTP requests and WebSocket connections in progress",
                                 value=len(state.gateway.live))
-        yield from _websocket_families(state.gateway.websocket.metrics.snapshot())
+        metrics = state.gateway.metrics
+        yield from families.http(metrics.http)
+        yield from families.websocket(metrics.websocket)
+        yield from families.tls(metrics.tls)
         reloads = CounterMetricFamily("wsrelay_reloads", "Configuration reloads by result", labels=["result"])
         for result, count in state.reloads.items():
             reloads.add_metric([result], count)
@@ -114,27 +136,6 @@ class _Collector:
         yield expiry
 
 
-def _websocket_families(snapshot: dict[str, Any]) -> Iterator[Any]:
-    open_ = GaugeMetricFamily("wsrelay_websocket_pairs_open", "WebSocket pairs open", labels=["route"])
-    opened = CounterMetricFamily("wsrelay_websocket_pairs_opened", "WebSocket pairs opened", labels=["route"])
-    messages = CounterMetricFamily("wsrelay_websocket_messages", "WebSocket messages per hop and direction",
-                                   labels=["route", "hop", "direction"])
-    octets = CounterMetricFamily("wsrelay_websocket_payload_bytes", "WebSocket payload bytes (tunnels: all "
-                                 "bytes) per hop and direction", labels=["route", "hop", "direction"])
-    closes = CounterMetricFamily("wsrelay_websocket_closes", "Close frames per hop, direction and code",
-                                 labels=["route", "hop", "direction", "code"])
-    for route, counters in snapshot.items():
-        open_.add_metric([route], counters["open"])
-        opened.add_metric([route], counters["opened"])
-        for hop, h in counters["hops"].items():
-            for direction in ("in", "out"):
-                messages.add_metric([route, hop, direction], h[f"messages_{direction}"])
-                octets.add_metric([route, hop, direction], h[f"octets_{direction}"])
-                for code, count in h[f"closes_{direction}"].items():
-                    closes.add_metric([route, hop, direction, "none" if code == "None" else code], count)
-    yield from (open_, opened, messages, octets, closes)
-
-
 class _Page(Resource):
     isLeaf = True
 
@@ -142,8 +143,24 @@ class _Page(Resource):
         super().__init__()
         self._render = render
 
-    def render_GET(self, request: Request) -> bytes:
-        status_code, content_type, body = self._render()
+    def render_GET(self, request: Request) -> bytes | int:
+        result = self._render()
+        if not isinstance(result, Deferred):
+            return self._answer(request, result)
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(page: tuple[int, bytes, bytes]) -> None:
+            if not gone:
+                request.write(self._answer(request, page))
+                request.finish()
+
+        result.addCallback(answer)
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _answer(request: Request, page: tuple[int, bytes, bytes]) -> bytes:
+        status_code, content_type, body = page
         request.setResponseCode(status_code)
         request.setHeader(b"content-type", content_type)
         request.setHeader(b"cache-control", b"no-store")
@@ -196,8 +213,23 @@ def admin_site(state: State, allow: tuple[Any, ...] = ()) -> Site:
     root = _Root(allow)
     root.putChild(b"healthz", _Page(lambda: (200, b"text/plain; charset=utf-8", b"ok\n")))
     root.putChild(b"readyz", _Page(ready))
-    root.putChild(b"status", _Page(lambda: _json(status(state))))
-    root.putChild(b"metrics", _Page(lambda: (200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry))))
+    def status_page() -> Any:
+        own = status(state)
+        sockets = state.worker_sockets()
+        if not sockets:
+            return _json(own)
+        return fetch_all(state.reactor, sockets, b"/status").addCallback(lambda texts: _json(merge_status(own, texts)))
+
+    def metrics_page() -> Any:
+        own = generate_latest(registry)
+        sockets = state.worker_sockets()
+        if not sockets:
+            return 200, CONTENT_TYPE_LATEST.encode(), own
+        return fetch_all(state.reactor, sockets, b"/metrics").addCallback(
+            lambda texts: (200, CONTENT_TYPE_LATEST.encode(), merge_metrics({0: own, **texts})))
+
+    root.putChild(b"status", _Page(status_page))
+    root.putChild(b"metrics", _Page(metrics_page))
     site = Site(root)
     site.noisy = False
     site.displayTracebacks = False

@@ -47,7 +47,7 @@ import hashlib
 import ipaddress
 import math
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -66,6 +66,12 @@ class GroupRemoved(BadGateway):
     """A reload removed the group while an exchange of it was under way (a retry, say)."""
 
 
+def failure_cause(reason: str) -> str:
+    """The metrics label of a failure's reason: ``connect timeout`` -> ``connect_timeout``, and
+    ``status 503`` -> ``status`` (the statuses are the group's ``fail_statuses``)."""
+    return "status" if reason.startswith("status ") else reason.replace(" ", "_").replace("-", "_")
+
+
 def _hash(*parts: str) -> int:
     return int.from_bytes(hashlib.blake2b("\0".join(parts).encode("utf-8"), digest_size=8).digest(), "big")
 
@@ -79,6 +85,8 @@ class ServerState:
     served: int = 0
     failures: deque[float] = attrs.field(factory=deque)  # within fail_timeout, for max_fails
     failed: int = 0  # every failure since start (or since the server was added)
+    causes: Counter[str] = attrs.field(factory=Counter)  # failed, by cause (failure_cause)
+    retries: int = 0  # attempts that failed here and were tried again on another server
     down_until: float = 0.0
     healthy: bool = True  # active health checks
     current_weight: int = 0  # smooth weighted round-robin
@@ -110,6 +118,10 @@ class Lease:
     def failure(self, reason: str) -> None:
         """The attempt failed: connect error, timeout, or a status in fail_statuses."""
         self._balancer._record_failure(self._upstream, self._state, reason)
+
+    def retried(self) -> None:
+        """The failed attempt is tried again on another server (counted against this one)."""
+        self._state.retries += 1
 
     def release(self) -> None:
         """The exchange is over (idempotent)."""
@@ -194,6 +206,7 @@ class Balancer:
 
     def _record_failure(self, upstream: Upstream, state: ServerState, reason: str) -> None:
         state.failed += 1
+        state.causes[failure_cause(reason)] += 1
         if upstream.max_fails == 0:
             return
         now = self.clock.seconds()
@@ -337,6 +350,8 @@ class Balancer:
                     "active": s.active,
                     "served": s.served,
                     "failed": s.failed,
+                    "failed_by_cause": dict(s.causes),
+                    "retries": s.retries,
                     "failures": len(s.failures),
                     "healthy": s.healthy,
                     "down": s.down_until > now,

@@ -31,6 +31,7 @@ from wsrelay.config import Config, ConfigError
 from wsrelay.healthcheck import HealthChecker
 from wsrelay.http.pool import made_with
 from wsrelay.limits import Limits
+from wsrelay.metrics import Metrics
 from wsrelay.routing import Router
 from wsrelay.sticky import StickyKey, load_key
 
@@ -102,6 +103,7 @@ class Gateway:
         self.limits = Limits()
         self.limits.configure(config.limit_req_clients, {r.name for r in config.routes})
         self.draining = False  # a stop is under way: new pairs are closed as soon as they open
+        self.metrics = Metrics()
         self._idle: list[Deferred[None]] = []
         self.http = HTTPProxy(self)
         self.websocket = WebSocketGateway(self)

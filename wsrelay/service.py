@@ -22,8 +22,10 @@ Invariants:
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -153,10 +155,11 @@ class RelayService(MultiService):
     def __init__(self, config: Config, reactor: Any, *, loader: Callable[[str], Config] = configmod.load,
                  handle_signals: bool = False, worker: int | None = None,
                  port_overrides: dict[str, int] | None = None, notifier: Notifier | None = None,
-                 ready_fd: int | None = None) -> None:
+                 ready_fd: int | None = None, admin_socket: str | None = None) -> None:
         """``worker``: this process is worker N of a master (which bound the ports first);
         ``port_overrides``: listener name -> the port the master bound (for ``tcp:0`` listeners);
-        ``notifier``: systemd's (the main process only); ``ready_fd``: where a worker says it listens."""
+        ``notifier``: systemd's (the main process only); ``ready_fd``: where a worker says it listens;
+        ``admin_socket``: where a worker serves its admin pages for the master (``adminworkers``)."""
         super().__init__()
         self.notifier = notifier or Notifier({}, pid=0)
         self.ready_fd = ready_fd
@@ -168,6 +171,8 @@ class RelayService(MultiService):
         self.reloads = {"ok": 0, "refused": 0}
         self.last_reload: float | None = None
         self.admin_port: IListeningPort | None = None
+        self.admin_socket = admin_socket
+        self.admin_dir: str | None = None  # the master's: where its workers' admin sockets are
         self.reactor = reactor
         self.worker = worker
         self.port_overrides = port_overrides or {}
@@ -227,11 +232,19 @@ class RelayService(MultiService):
             self.sites[key] = site
 
     def _start_admin(self) -> None:
-        """The admin listener ([admin] endpoint), in the main process only."""
+        """The admin listener ([admin] endpoint) in the main process; a worker's on its socket."""
         admin = self.config.admin
-        if admin is None or self.worker is not None or self.admin_port is not None:
+        if admin is None or self.admin_port is not None:
             return
         from wsrelay.admin import admin_site
+
+        if self.worker is not None:  # its pages for the master's, on the socket the master named
+            if (path := self.admin_socket) is not None:
+                from wsrelay.adminworkers import serve_worker_pages
+
+                self.admin_port = _open(self.config, "admin", "endpoint", f"unix:{path}",
+                                        lambda: serve_worker_pages(self.reactor, path, admin_site(self)))
+            return
 
         site = admin_site(self, admin.allow)
         self.admin_port = _open(self.config, "admin", "endpoint", admin.endpoint,
@@ -239,6 +252,10 @@ class RelayService(MultiService):
                                                       reuse_port=self.config.reuse_port))
         self.connections.watch(self.admin_port, counted=False)  # paused at EMFILE, never at the cap
         self.log.info("wsrelay admin listening on {url}", url=_url(self.admin_port, None))
+
+    def worker_sockets(self) -> dict[int, str]:
+        """The other workers' admin sockets, by worker index (the master's admin pages ask them)."""
+        return self.workers.admin_sockets() if self.workers is not None else {}
 
     def certificate_expiry(self) -> dict[str, float]:
         """When each certificate in service expires (POSIX time), by name."""
@@ -260,7 +277,10 @@ class RelayService(MultiService):
         if self.worker is None and self.config.workers > 1:
             ports = {key[0]: port.getHost().port for key, port in self.ports.items()
                      if hasattr(port.getHost(), "port")}
-            self.workers = Workers(self.reactor, self.config.path, self.config.workers - 1, ports)
+            if self.config.admin is not None:  # each worker's admin pages, for the master's
+                self.admin_dir = tempfile.mkdtemp(prefix="wsrelay-admin-")  # mode 0700
+            self.workers = Workers(self.reactor, self.config.path, self.config.workers - 1, ports,
+                                   admin_dir=self.admin_dir)
             self.workers.start()
         if self.ready_fd is not None:  # a worker: tell the master this one listens
             try:
@@ -377,6 +397,9 @@ class RelayService(MultiService):
         if self.admin_port is not None:  # last: health and readiness answer through the drain
             yield stop_listening(self.admin_port)
             self.admin_port = None
+        if self.admin_dir is not None:
+            shutil.rmtree(self.admin_dir, ignore_errors=True)
+            self.admin_dir = None
         yield super().stopService()
         self.notifier.close()
         self.log.info("wsrelay stopped{worker}", worker=self._worker_label)

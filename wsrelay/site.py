@@ -122,6 +122,7 @@ class RelayResource(Resource):
         route = runtime.router.match(normalize_host(host), path)
         if route is None:
             raise NotFound(f"no route for host {host!r} path {path!r}")
+        request.wsrelay_route = route.name  # type: ignore[attr-defined]
         if route.redirect is not None:
             if tls is None:
                 return self._redirect(request, host, route.redirect)
@@ -184,6 +185,8 @@ class RelaySite(Site):
         self.displayTracebacks = False
         self.noisy = False
         self.channels: set[RelayChannel] = set()  # open client connections (until detached)
+        # the listener's TLS handshake counters (bound once; the channels count into them)
+        self.tls_counters = gateway.metrics.tls.listener(listener.name) if listener.tls is not None else None
 
     def use(self, listener: Listener) -> None:
         """Apply a reloaded listener's settings (redirect, redirect_port, hsts_max_age) to new

@@ -31,6 +31,7 @@ class Options(usage.Options):
         ["worker", None, None, "Internal: run as worker N of a master wsrelay (workers = N in the config).", int],
         ["ports", None, "{}", "Internal: JSON map of listener name to the port the master bound."],
         ["ready-fd", None, None, "Internal: a worker writes 'ready' to this descriptor once it listens.", int],
+        ["admin-socket", None, None, "Internal: a worker serves its admin pages on this unix socket for the master."],
     ]
     optFlags = [
         ["check", "t", "Check the configuration (and its TLS files), print the result, exit 0 or 1 without serving."],
@@ -76,7 +77,8 @@ def makeService(options: Options) -> IService:
         # Only the main process speaks to systemd (NotifyAccess=main); workers get no notifier.
         notifier = Notifier(os.environ, pid=os.getpid()) if worker is None else None
         service = RelayService(config, reactor, handle_signals=True, worker=worker, port_overrides=ports,
-                               notifier=notifier, ready_fd=options["ready-fd"])
+                               notifier=notifier, ready_fd=options["ready-fd"],
+                               admin_socket=options["admin-socket"])
     except configmod.ConfigError as e:
         raise _fail(str(e)) from None
     if worker is not None:

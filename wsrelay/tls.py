@@ -425,6 +425,11 @@ def client_creator(upstream: Upstream, server: Server) -> Any:
     return _upstream_tls.creator(upstream, server)
 
 
+def is_tls_error(reason: Any) -> bool:
+    """Whether a connection ended with an OpenSSL error (a failed handshake, before it completed)."""
+    return isinstance(reason, Failure) and reason.check(SSL.Error) is not None
+
+
 def describe_tls_failure(failure: Failure | BaseException) -> str:
     """A short reason for a log line: why a TLS connection to an upstream failed."""
     error = failure.value if isinstance(failure, Failure) else failure

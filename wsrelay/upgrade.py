@@ -249,10 +249,13 @@ class Upgrade:
             return
         timeout = reason.check(neterror.TimeoutError) is not None
         self.lease.failure("connect timeout" if timeout else "connect error")
+        retry = len(self.tried) <= self.route.retries and self.reactor.seconds() < self.deadline
+        if retry:
+            self.lease.retried()
         self.lease.release()
         self.lease = None
         error = (GatewayTimeout if timeout else BadGateway)(f"WebSocket upstream unreachable: {reason_text(reason)}")
-        if len(self.tried) <= self.route.retries and self.reactor.seconds() < self.deadline:
+        if retry:
             self.connect(retry_of=error)
             return
         self.refuse(error)
@@ -286,6 +289,7 @@ class Upgrade:
             self.lease.failure(cause)
         if (retryable and self.lease is not None and len(self.tried) <= self.route.retries
                 and self.reactor.seconds() < self.deadline):
+            self.lease.retried()
             self.lease.release()
             self.lease = None
             self.forget_upstream()
@@ -321,6 +325,7 @@ class Upgrade:
         self.abort_upstream()
         request = self.request
         if request.channel is not None and not request.finished and not request._disconnected:
+            self.metrics.refused(self.route.name, error.status)
             body = answer_error(request, error)
             if isinstance(error, UpstreamRefusal):
                 self.pass_on(error)
@@ -391,7 +396,7 @@ class Upgrade:
         """Both sides are open: count it and start the idle timer (or, when wsrelay is stopping,
         close it with 1001 right after, so its client reconnects to the process taking over)."""
         self.opened = True
-        self.metrics.opened(self.route.name)
+        self.metrics.opened(self.route.name, self.route.websocket.mode)
         self.last_activity = self.reactor.seconds()
         if self.gw.gateway.draining:
             self.reactor.callLater(0, self.shutdown_if_open)
@@ -445,7 +450,7 @@ class Upgrade:
                 duration=time.monotonic() - self.started,
             ))
         if self.opened:
-            self.metrics.ended(self.route.name)
+            self.metrics.ended(self.route.name, self.route.websocket.mode)
         self.gw.gateway.closed(self)
 
     def shutdown(self) -> None:

@@ -35,10 +35,15 @@ _TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'tw
 READY_FD = 3
 
 
-def worker_argv(config_path: str, index: int, ports: dict[str, int]) -> list[str]:
-    return [sys.executable, "-c", _TWISTD, "--nodaemon", "--pidfile=", "wsrelay",
+def worker_argv(config_path: str, index: int, ports: dict[str, int], admin_dir: str | None = None) -> list[str]:
+    argv = [sys.executable, "-c", _TWISTD, "--nodaemon", "--pidfile=", "wsrelay",
             "--config", config_path, "--worker", str(index), "--ports", json.dumps(ports),
             "--ready-fd", str(READY_FD)]
+    if admin_dir is not None:
+        from wsrelay.adminworkers import socket_path
+
+        argv += ["--admin-socket", socket_path(admin_dir, index)]
+    return argv
 
 
 def worker_environment(environ: dict[str, str]) -> dict[str, str]:
@@ -66,8 +71,10 @@ class _Worker(ProcessProtocol):
 class Workers:
     """The master's extra worker processes."""
 
-    def __init__(self, reactor: Any, config_path: str, count: int, ports: dict[str, int]) -> None:
+    def __init__(self, reactor: Any, config_path: str, count: int, ports: dict[str, int],
+                 admin_dir: str | None = None) -> None:
         self.reactor = reactor
+        self.admin_dir = admin_dir  # where each worker serves its admin pages (adminworkers)
         self.config_path = os.path.abspath(config_path)
         self.count = count
         self.ports = ports
@@ -85,7 +92,7 @@ class Workers:
             return
         proto = _Worker(self, index)
         transport = self.reactor.spawnProcess(
-            proto, sys.executable, worker_argv(self.config_path, index, self.ports),
+            proto, sys.executable, worker_argv(self.config_path, index, self.ports, self.admin_dir),
             env=worker_environment(dict(os.environ)), childFDs={0: "w", 1: 1, 2: 2, READY_FD: "r"},
         )
         self.running[index] = (proto, transport)
@@ -115,6 +122,14 @@ class Workers:
         log.error("worker {index} ended unexpectedly ({reason}); restarting it in 1s",
                   index=proto.index, reason=reason.getErrorMessage())
         self.reactor.callLater(1.0, self._spawn, proto.index)
+
+    def admin_sockets(self) -> dict[int, str]:
+        """Each worker's admin socket by index, restarting ones included (none without admin_dir)."""
+        if self.admin_dir is None:
+            return {}
+        from wsrelay.adminworkers import socket_path
+
+        return {i: socket_path(self.admin_dir, i) for i in range(1, self.count + 1)}
 
     def pids(self) -> list[int]:
         return [t.pid for _, t in self.running.values() if t.pid]

@@ -27,9 +27,10 @@ import time
 from typing import Any
 
 import httptools
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from wsrelay.accesslog import format_line
 from wsrelay.errors import BadRequest, HeaderFieldsTooLarge, ProxyError, RequestTimeout, URITooLong
@@ -37,6 +38,7 @@ from wsrelay.http import rules
 from wsrelay.http.chunked import ChunkedDecoder
 from wsrelay.http.deadline import Deadline
 from wsrelay.http.wire import Writer, no_delay
+from wsrelay.tls import is_tls_error
 
 log = Logger()
 
@@ -44,6 +46,7 @@ _READING_HEAD, _READING_BODY, _HANDLING, _CLOSED, _DETACHED = range(5)
 _EMPTY_LINES = re.compile(rb"(?:\r\n)*")
 
 
+@implementer(IHandshakeListener)
 class RelayChannel(Protocol):
     """What ``twisted.web.server.Request`` needs from a channel, over wsrelay's own parser."""
 
@@ -76,6 +79,7 @@ class RelayChannel(Protocol):
     # -- connection ----------------------------------------------------------------------------
 
     _writer: Writer | None = None
+    _tls_done = False  # a TLS listener's handshake completed on this connection
     _head_out = b""  # a response head held until the body bytes that follow it in the same call
 
     def connectionMade(self) -> None:
@@ -121,10 +125,18 @@ class RelayChannel(Protocol):
             return
         self._feed(data)
 
+    def handshakeCompleted(self) -> None:
+        """TLS listeners: the handshake is over (``IHandshakeListener``, called by Twisted's TLS)."""
+        self._tls_done = True
+        self.site.tls_counters.handshakes += 1
+
     def connectionLost(self, reason: Any = None) -> None:
         self.site.channels.discard(self)
         if self.held:
             self._release()
+        tls = self.site.tls_counters
+        if tls is not None and not self._tls_done and is_tls_error(reason):
+            tls.failures += 1
         self._stop_timer()
         state, self.state = self.state, _CLOSED
         request, self.request = self.request, None
@@ -416,6 +428,7 @@ class RelayChannel(Protocol):
         if request is not None:
             request.log_refusal(error.status, len(error.body))
         else:  # refused on its request line: no request yet, an access-log line all the same
+            self.site.gateway.metrics.http.done(None, self.method, error.status, 0.0, 0, len(error.body))
             access_log = self.site.gateway.access_log
             if access_log.enabled:
                 fields = rules.loose_fields(self._head) if self.method is not None else {}

@@ -279,6 +279,8 @@ class Exchange:
         """The attempt failed with the upstream's fault ``error``: count it, retry or answer."""
         self.lease_failure(cause)
         if retryable and len(self.tried) <= self.route.retries and self.reactor.seconds() < self.deadline:
+            if self.lease is not None:
+                self.lease.retried()
             self.release()
             self.attempt(retry_of=(error, cause))
             return

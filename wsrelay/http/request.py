@@ -67,6 +67,8 @@ class RelayRequest(server.Request):
     wsrelay_exchange: Any = None
     #: set by the site when the peer is a trusted proxy: the client address its headers give.
     wsrelay_client: str | None = None
+    #: set by the site: the name of the route the request matched (None: refused before that).
+    wsrelay_route: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -112,7 +114,10 @@ class RelayRequest(server.Request):
             raise BadRequest("no request target")
         route = self._gateway.runtime.router.match(normalize_host(hosts[0] if hosts else None),
                                                    normalize_path(target))
-        return route.max_body_size if route is not None else 0
+        if route is None:
+            return 0
+        self.wsrelay_route = route.name  # a 413 answered now counts on its route
+        return route.max_body_size
 
     def handleContentChunk(self, data: bytes) -> None:
         self.wsrelay_received += len(data)
@@ -129,6 +134,9 @@ class RelayRequest(server.Request):
             return
         self._logged = True
         gateway = self._gateway
+        duration = time.monotonic() - self.wsrelay_started
+        gateway.metrics.http.done(self.wsrelay_route, method if method is not None else self.method, status,
+                                  duration, self.wsrelay_received, sent)
         if not gateway.access_log.enabled:
             return
         gateway.access_log.write(format_line(
@@ -137,7 +145,7 @@ class RelayRequest(server.Request):
             target=target if target is not None else (self.uri or b"-"),
             protocol=protocol or self.clientproto, status=status, sent=sent,
             referer=self.getHeader(b"referer"), user_agent=self.getHeader(b"user-agent"),
-            upstream=self.wsrelay_upstream, duration=time.monotonic() - self.wsrelay_started,
+            upstream=self.wsrelay_upstream, duration=duration,
         ))
 
     def log_refusal(self, status: int, sent: int) -> None:

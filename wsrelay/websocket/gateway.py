@@ -14,8 +14,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from wsrelay import headers as H
 from wsrelay.bucket import Throttle
 from wsrelay.config import Route, Upstream
+from wsrelay.errors import ProxyError
 from wsrelay.handshake import check_handshake
-from wsrelay.metrics import WebSocketMetrics
 from wsrelay.upgrade import CLOSE_HANDSHAKE_TIMEOUT
 from wsrelay.websocket.legs import (
     ClientLeg,
@@ -37,7 +37,7 @@ class WebSocketGateway:
         txaio.use_twisted()
         txaio.config.loop = gateway.reactor  # Autobahn's timers go through txaio's loop
         install_lazy_debug()  # no pretty-printing per connection for debug lines nobody writes
-        self.metrics = WebSocketMetrics()
+        self.metrics = gateway.metrics.websocket  # outlives reloads, as the gateway
         self.rate_closes = 0  # clients closed (1008) for going over ws_max_message_rate
         self._rate_lines = Throttle(5.0)
         self._server_factories: dict[Route, WebSocketServerFactory] = {}
@@ -107,7 +107,11 @@ class WebSocketGateway:
 
     def render(self, request: Request, route: Route, runtime: Any, scheme: str) -> bytes | int:
         raw = H.flatten(request.requestHeaders.getAllRawHeaders())
-        protocols = check_handshake(request, route, raw)
+        try:
+            protocols = check_handshake(request, route, raw)
+        except ProxyError as e:  # answered by the site
+            self.metrics.refused(route.name, e.status)
+            raise
         upstream = runtime.config.upstreams[route.upstream]
         if route.websocket.mode == "tunnel":
             from wsrelay.tunnel import Tunnel

@@ -68,7 +68,8 @@ class LeanLeg(FrameReader):
     """One side of a relayed pair on the lean path: reads its peer's frames, writes the relay's."""
 
     __slots__ = ("pair", "side", "peer", "relay", "transport", "masks", "hop", "gate", "peer_closed",
-                 "close_sent", "out_op", "timer", "ping_call", "ping_payload", "idle", "why", "deflater", "limit")
+                 "close_sent", "out_op", "timer", "ping_call", "ping_payload", "ping_at", "idle", "why",
+                 "deflater", "limit")
 
     def __init__(self, pair: Any, side: str, relay: Relay, hop: Any, *, chunk: int, max_frame: int,
                  max_message: int, idle: bool, extension: Any = None, limit: TokenBucket | None = None) -> None:
@@ -91,6 +92,7 @@ class LeanLeg(FrameReader):
         self.timer: Any = None  # close handshake or TCP close deadline
         self.ping_call: Any = None  # wsrelay's next ping, or the deadline of the one sent
         self.ping_payload: bytes | None = None
+        self.ping_at = 0.0  # when it was sent (the reactor's clock), for the round-trip time
         self.idle = idle  # the pair has an idle timeout: note each message's time
         self.why: str | None = None  # why wsrelay dropped this connection, for the log
         self.limit = limit  # ws_max_message_rate of the client's messages (None: no limit)
@@ -186,7 +188,9 @@ class LeanLeg(FrameReader):
         if self.ping_payload is not None and payload == self.ping_payload:
             self.ping_payload = None
             self._cancel(self.ping_call)
-            self.ping_call = self.pair.reactor.callLater(self.pair.route.websocket.ping_interval, self._ping)
+            reactor = self.pair.reactor
+            self.hop.rtt.observe(max(reactor.seconds() - self.ping_at, 0.0))  # a clock set back: 0
+            self.ping_call = reactor.callLater(self.pair.route.websocket.ping_interval, self._ping)
 
     def on_close(self, code: int | None, reason: str) -> None:
         pair = self.pair
@@ -344,6 +348,8 @@ class LeanLeg(FrameReader):
             return
         self.ping_payload = os.urandom(8)
         self._write_frame(0x80 | OP_PING, self.ping_payload)
+        self.hop.pings += 1
+        self.ping_at = self.pair.reactor.seconds()
         self.ping_call = self.pair.reactor.callLater(self.pair.route.websocket.ping_timeout, self._ping_timeout)
 
     def _ping_timeout(self) -> None:
@@ -356,6 +362,7 @@ class LeanLeg(FrameReader):
             # waiting unread.  Not a dead peer; check again later.
             self.ping_call = pair.reactor.callLater(pair.route.websocket.ping_timeout, self._ping_timeout)
             return
+        self.hop.pings_missed += 1
         self.why = "WebSocket ping timeout (peer did not respond with pong in time)"
         if self.transport is not None:
             self.transport.abortConnection()
