@@ -87,6 +87,8 @@ def test_health_readiness_status_and_metrics(demo: UpstreamProcess, start_relay:
     assert 'wsrelay_websocket_pairs_open{mode="relay",route="/"} 1.0' in metrics
     assert re.search(r'wsrelay_websocket_messages_total\{direction="in",hop="client",route="/"\} 1\.0', metrics)
     assert 'wsrelay_reloads_total{result="ok"} 0.0' in metrics
+    assert 'wsrelay_limit_refusals_total{limit="limit_conn"} 0.0' in metrics
+    assert re.search(r"^wsrelay_client_connections [1-9]", metrics, re.M)  # the pair's client, at least
 
 
 def test_readiness_names_a_group_without_a_server_and_a_drain(

@@ -178,3 +178,41 @@ def test_worker_pages_merge_into_one_with_a_worker_label() -> None:
     ]
     assert merged.count("# TYPE wsrelay_http_requests_total counter") == 1
     assert 'wsrelay_http_body_bytes_total{direction="out",route="/",worker="1"} 7.0' in merged
+
+
+def test_what_the_caps_refused() -> None:
+    """limit_conn and limit_req refusals, limit_req buckets evicted at the cap, client connections
+    against max_connections, accept pauses by reason and ws_max_message_rate closes, as counted
+    by the objects that enforce them."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from wsrelay.capacity import ConnectionCap
+    from wsrelay.limits import Limits
+
+    limits = Limits(clients=1)
+    limits.opened("192.0.2.1")
+    assert limits.check("192.0.2.1", "/", 1, 0.0, 0, 0.0) == ("limit_conn", 1)
+    assert limits.check("192.0.2.2", "/", 0, 1.0, 1, 0.0) is None
+    assert limits.check("192.0.2.2", "/", 0, 1.0, 1, 0.0) == ("limit_req", 1)
+    assert limits.check("192.0.2.3", "/", 0, 1.0, 1, 0.0) is None  # the table's cap: 192.0.2.2 goes
+    cap = ConnectionCap(MemoryReactorClock(), limit=500)
+    cap.open, cap.cap_reached, cap.exhausted = 7, 2, 1
+
+    registry = CollectorRegistry(auto_describe=False)
+
+    class Protection:
+        def collect(self) -> Any:
+            yield from families.protection(limits, cap, 4)
+
+    registry.register(Protection())  # type: ignore[arg-type]
+    lines = [line for line in generate_latest(registry).decode().splitlines() if not line.startswith("#")]
+    assert [line for line in lines if "_created" not in line] == [
+        'wsrelay_limit_refusals_total{limit="limit_conn"} 1.0',
+        'wsrelay_limit_refusals_total{limit="limit_req"} 1.0',
+        "wsrelay_limit_req_buckets_evicted_total 1.0",
+        "wsrelay_client_connections 7.0",
+        "wsrelay_client_connections_limit 500.0",
+        'wsrelay_accept_pauses_total{reason="max_connections"} 2.0',
+        'wsrelay_accept_pauses_total{reason="descriptors"} 1.0',
+        "wsrelay_websocket_rate_closes_total 4.0",
+    ]

@@ -50,6 +50,7 @@ class State(Protocol):
     reloads: dict[str, int]
     last_reload: float | None
     gateway: Any
+    connections: Any  # capacity.ConnectionCap
 
     reactor: Any
 
@@ -122,6 +123,7 @@ class _Collector:
         yield from families.http(metrics.http)
         yield from families.websocket(metrics.websocket)
         yield from families.tls(metrics.tls)
+        yield from families.protection(state.gateway.limits, state.connections, state.gateway.websocket.rate_closes)
         reloads = CounterMetricFamily("wsrelay_reloads", "Configuration reloads by result", labels=["result"])
         for result, count in state.reloads.items():
             reloads.add_metric([result], count)

@@ -87,3 +87,26 @@ def tls(metrics: TLSMetrics) -> Iterator[Any]:
         done.add_metric([name], c.handshakes)
         failed.add_metric([name], c.failures)
     yield from (done, failed)
+
+
+def protection(limits: Any, connections: Any, rate_closes: int) -> Iterator[Any]:
+    """What the caps refused: limit_conn and limit_req (``limits.Limits``), max_connections and
+    descriptor exhaustion (``capacity.ConnectionCap``), ws_max_message_rate."""
+    refused = CounterMetricFamily("wsrelay_limit_refusals", "Requests and WebSocket handshakes answered 429, "
+                                  "by limit (limit_conn, limit_req)", labels=["limit"])
+    refused.add_metric(["limit_conn"], limits.refused_conn)
+    refused.add_metric(["limit_req"], limits.refused_req)
+    yield refused
+    yield CounterMetricFamily("wsrelay_limit_req_buckets_evicted", "Clients' limit_req buckets dropped at "
+                              "limit_req_clients before they had refilled", value=limits.evicted)
+    yield GaugeMetricFamily("wsrelay_client_connections", "Client connections open (what max_connections "
+                            "caps)", value=connections.open)
+    yield GaugeMetricFamily("wsrelay_client_connections_limit", "max_connections in force (0: no cap)",
+                            value=connections.limit)
+    paused = CounterMetricFamily("wsrelay_accept_pauses", "Times accepting paused, by reason (max_connections "
+                                 "reached, descriptors exhausted)", labels=["reason"])
+    paused.add_metric(["max_connections"], connections.cap_reached)
+    paused.add_metric(["descriptors"], connections.exhausted)
+    yield paused
+    yield CounterMetricFamily("wsrelay_websocket_rate_closes", "Clients closed with 1008 for going over "
+                              "ws_max_message_rate", value=rate_closes)
