@@ -111,6 +111,7 @@ class RelayResource(Resource):
         route = runtime.router.match(normalize_host(host), path)
         if route is None:
             raise NotFound(f"no route for host {host!r} path {path!r}")
+        request.wsrelay_route = route.name  # type: ignore[attr-defined]
         if route.redirect is not None:
             if tls is None:
                 return self._redirect(request, host, route.redirect)

@@ -190,6 +190,8 @@ class _Builder:
             keepalive_timeout=glob["keepalive_timeout"],
             admin=self.admin(sections["admin"], listeners),
             log_format=glob["log_format"],
+            access_log_format=glob["access_log_format"],
+            trust_request_id=glob["trust_request_id"],
         )
 
     def admin(self, sections: list[tuple[str, str]], listeners: list[Listener]) -> Admin | None:

@@ -207,3 +207,5 @@ class Config:
     keepalive_timeout: float = 75.0  # an idle client connection between requests
     admin: Admin | None = None  # None: no admin listener
     log_format: str = "text"  # wsrelay's own log lines: text (twistd's) or json
+    access_log_format: str = "combined"  # or json
+    trust_request_id: bool = False  # keep a valid X-Request-ID from the client (wsrelay.requestid)
