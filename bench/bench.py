@@ -378,8 +378,10 @@ class Bench:
             return port
         ini = os.path.join(self.workdir, f"{stamp}.ini")
         with open(ini, "w") as f:
+            log = self.args.wsrelay_access_log
+            access_log = None if log == "off" else (os.path.join(self.workdir, f"{stamp}-access.log"), log)
             f.write(configs.wsrelay_ini(port, self.origin_port, self.ws_port, workers=workers,
-                                        admin=kind == "wsrelay-admin"))
+                                        admin=kind == "wsrelay-admin", access_log=access_log))
         twistd = self.args.twistd_alt if kind == "wsrelay-alt" else self.args.twistd
         cmd = [twistd, "-n", "--pidfile=", "wsrelay", "--config", ini]
         proc = self.procs.spawn(stamp, cmd, cpus=self.proxy_cpus)
@@ -696,6 +698,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     p.add_argument("--twistd", default=os.path.join(os.path.dirname(sys.executable), "twistd"))
     p.add_argument("--twistd-alt", help="another venv's twistd, run as instance wsrelay-alt (variant relay-alt)")
+    p.add_argument("--wsrelay-access-log", choices=("off", "combined", "json"), default="off",
+                   help="wsrelay's access log: off (default, as nginx's), or a file in that format")
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     p.add_argument("--node", default=shutil.which("node") or "node")
     p.add_argument("--wrk", default=shutil.which("wrk") or "wrk")

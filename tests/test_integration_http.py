@@ -269,7 +269,7 @@ def test_access_log_to_a_file(upstream: ScriptedUpstream, start_relay: Callable[
     assert poll_until(lambda: log_file.exists() and "GET /echo?to=file" in log_file.read_text())
     line, = log_file.read_text().splitlines()
     assert re.fullmatch(r'127\.0\.0\.1 - - \[[^]]+\] "GET /echo\?to=file HTTP/1\.1" 200 2 "-" "-" '
-                        r"upstream=127\.0\.0\.1:%d rt=\d+\.\d{3}" % upstream.port, line)
+                        r"upstream=127\.0\.0\.1:%d rt=\d+\.\d{3} request_id=[0-9a-f]{32}" % upstream.port, line)
     assert not any("GET /echo" in out for out in relay.output.lines)
 
 
@@ -412,4 +412,4 @@ def test_access_log_line_per_request(relay: RelayProcess, upstream: ScriptedUpst
     """Each request gets one combined-format line with the upstream used and the time taken."""
     request(relay.port, "GET", "/echo?q=1", headers=[("Referer", "http://ref/"), ("User-Agent", "t/1")]).read()
     relay.output.wait_for(r'^127\.0\.0\.1 - - \[[^]]+\] "GET /echo\?q=1 HTTP/1\.1" 200 2 "http://ref/" "t/1" '
-                          r"upstream=127\.0\.0\.1:%d rt=\d+\.\d{3}$" % upstream.port)
+                          r"upstream=127\.0\.0\.1:%d rt=\d+\.\d{3} request_id=[0-9a-f]{32}$" % upstream.port)

@@ -69,7 +69,7 @@ def _access_log_error(config: Config, reason: str) -> ConfigError:
 def open_access_log(config: Config) -> AccessLog:
     """The access log of ``config``, opened; ConfigError naming the key if it cannot be."""
     try:
-        return AccessLog(config.access_log)
+        return AccessLog(config.access_log, config.access_log_format)
     except OSError as e:
         raise _access_log_error(config, e.strerror or str(e)) from None
 
@@ -112,7 +112,8 @@ class Gateway:
         """The access log ``config`` needs opened (None: keep the current one).  A file is opened
         anew on every reload, the same path too, so that SIGHUP after logrotate moved it starts a
         new file (as nginx's USR1).  ConfigError if it cannot be opened; nothing changes either way."""
-        if config.access_log == self.access_log.path and config.access_log in (None, "-"):
+        log = self.access_log
+        if config.access_log == log.path and config.access_log in (None, "-") and config.access_log_format == log.format:
             return None
         return open_access_log(config)
 

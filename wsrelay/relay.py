@@ -31,6 +31,9 @@ Rules:
    other side's pending close.  A side that never opened is aborted instead.  Never a half-open
    pair.
 6. After a close was sent to a side, nothing more is sent to it.
+7. The pair remembers what ended it (:attr:`Relay.ended_by`): the first close frame from a peer
+   (``client`` or ``upstream`` and its code), wsrelay's own (``wsrelay``: a peer failed, an idle
+   timeout, a shutdown), or a side lost without one (that side, with 1006, RFC 6455 section 7.1.5).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from wsrelay.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, close_code_sendable
+from wsrelay.errors import CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, close_code_sendable
 
 CLIENT = "client"
 UPSTREAM = "upstream"
@@ -151,6 +154,9 @@ class Relay:
     def __init__(self, *, chunk_size: int = CHUNK_SIZE) -> None:
         self.chunk_size = chunk_size
         self.sides = {name: _Side(name, other(name)) for name in SIDES}
+        #: who ended the pair first (``client``, ``upstream`` or ``wsrelay``) and the close code
+        #: (rule 7); None while nothing did
+        self.ended_by: tuple[str, int | None] | None = None
 
     # -- state -----------------------------------------------------------------------------
 
@@ -316,6 +322,8 @@ class Relay:
         d = self.sides[other(source)]
         out: list[Action] = []
         s.counters.close_in = code
+        if self.ended_by is None:
+            self.ended_by = (source, code)
         s.mute = True
         self._drop_message(s)
         if s.close_sent:
@@ -336,6 +344,8 @@ class Relay:
         """wsrelay failed ``source`` (a protocol error of its peer; Autobahn sent ``code``)."""
         s = self.sides[source]
         out: list[Action] = []
+        if self.ended_by is None:
+            self.ended_by = ("wsrelay", code)
         s.mute = True
         self._drop_message(s)
         if not s.close_sent:
@@ -351,6 +361,8 @@ class Relay:
         out: list[Action] = []
         if s.gone:
             return out
+        if self.ended_by is None:
+            self.ended_by = (source, CLOSE_ABNORMAL)
         s.gone = True
         s.queue.clear()
         self._drop_message(s)
@@ -360,6 +372,8 @@ class Relay:
     def close_both(self, code: int, reason: str) -> list[Action]:
         """wsrelay ends the pair itself (idle timeout, shutdown): each side gets ``code``."""
         out: list[Action] = []
+        if self.ended_by is None:
+            self.ended_by = ("wsrelay", code)
         for s in self.sides.values():
             if s.gone:
                 continue

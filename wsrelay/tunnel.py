@@ -29,8 +29,9 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from wsrelay import headers as H
+from wsrelay.accesslog import WebSocketFigures
 from wsrelay.config import Route, Upstream
-from wsrelay.errors import CLOSE_GOING_AWAY, BadGateway
+from wsrelay.errors import CLOSE_ABNORMAL, CLOSE_GOING_AWAY, BadGateway
 from wsrelay.http.wire import no_delay
 from wsrelay.upgrade import CLOSE_HANDSHAKE_TIMEOUT, Upgrade
 
@@ -51,12 +52,15 @@ def close_frame(code: int, reason: bytes, *, masked: bool) -> bytes:
 class FrameTracker:
     """Follows WebSocket frame boundaries in one direction (RFC 6455 section 5.2), headers only."""
 
-    __slots__ = ("header", "remaining", "close_seen")
+    __slots__ = ("header", "remaining", "close_seen", "close_code")
 
     def __init__(self) -> None:
         self.header = b""  # an incomplete frame header
         self.remaining = 0  # payload bytes of the current frame still to come
         self.close_seen = False  # a close frame went this way
+        #: the first close frame's code, when its two bytes came in the same read as its header
+        #: (None: no code, or not seen)
+        self.close_code: int | None = None
 
     @property
     def at_boundary(self) -> bool:
@@ -96,8 +100,14 @@ class FrameTracker:
                 length = (data[pos + 2] << 8) | data[pos + 3]
             elif length == 127:
                 length = int.from_bytes(data[pos + 2:pos + 10], "big")
-            if data[pos] & 0x0F == 0x8:
+            if data[pos] & 0x0F == 0x8 and not self.close_seen:
                 self.close_seen = True
+                start = pos + size
+                if length >= 2 and start + 2 <= end:
+                    code = data[start:start + 2]
+                    if b1 & 0x80:  # masked: the key is the header's last four bytes
+                        code = bytes((code[0] ^ data[start - 4], code[1] ^ data[start - 3]))
+                    self.close_code = (code[0] << 8) | code[1]
             pos += size
             self.remaining = length
 
@@ -182,7 +192,7 @@ class Tunnel(Upgrade):
 
     kind = "tunnel"
     __slots__ = ("up", "client_transport", "lost", "sent", "to_client_frames", "to_upstream_frames", "abort_timers",
-                 "client_hop", "upstream_hop")
+                 "client_hop", "upstream_hop", "received", "head_size", "ended_by")
 
     def __init__(self, gw: Any, request: Request, route: Route, upstream: Upstream, scheme: str,
                  raw: list[tuple[bytes, bytes]]) -> None:
@@ -196,6 +206,9 @@ class Tunnel(Upgrade):
         self.abort_timers: dict[str, Any] = {}
         self.client_hop: Any = None  # the route's counters of each hop (wsrelay.metrics.HopCounters)
         self.upstream_hop: Any = None
+        self.received = 0  # bytes from the client after its handshake
+        self.head_size = 0  # the 101 head's share of ``sent``
+        self.ended_by: tuple[str, int | None] | None = None  # as wsrelay.relay.Relay.ended_by
 
     def upstream_factory(self) -> Factory:
         return _QuietFactory.forProtocol(lambda: _UpstreamSide(self))
@@ -237,6 +250,7 @@ class Tunnel(Upgrade):
         transport.registerProducer(_Pauser(up), True)
         up.registerProducer(_Pauser(transport), True)
         self.sent += len(head)
+        self.head_size = len(head)
         transport.write(head)
         self.now_open()
         if first:
@@ -249,7 +263,10 @@ class Tunnel(Upgrade):
             return
         self.last_activity = self.reactor.seconds()
         self.sent += len(data)
-        self.to_client_frames.feed(data)
+        frames = self.to_client_frames
+        frames.feed(data)
+        if frames.close_seen and self.ended_by is None:
+            self.ended_by = ("upstream", frames.close_code)
         n = len(data)
         self.upstream_hop.octets_in += n
         self.client_hop.octets_out += n
@@ -259,8 +276,12 @@ class Tunnel(Upgrade):
         if self.up is None or self.up.transport is None:
             return
         self.last_activity = self.reactor.seconds()
-        self.to_upstream_frames.feed(data)
+        frames = self.to_upstream_frames
+        frames.feed(data)
+        if frames.close_seen and self.ended_by is None:
+            self.ended_by = ("client", frames.close_code)
         n = len(data)
+        self.received += n
         self.client_hop.octets_in += n
         self.upstream_hop.octets_out += n
         self.up.transport.write(data)
@@ -268,6 +289,8 @@ class Tunnel(Upgrade):
     def close_both(self, reason: str) -> None:
         """A 1001 close frame to each side where one may go (see the module docstring), then close."""
         why = reason.encode("utf-8")
+        if self.ended_by is None:
+            self.ended_by = ("wsrelay", CLOSE_GOING_AWAY)
         if self.client_transport is not None:
             if self.to_client_frames.at_boundary and not self.to_client_frames.close_seen:
                 self.to_client_frames.close_seen = True
@@ -300,6 +323,8 @@ class Tunnel(Upgrade):
         if side in self.lost:
             return
         self.lost.add(side)
+        if self.ended_by is None and self.client_transport is not None:
+            self.ended_by = (side, CLOSE_ABNORMAL)
         timer = self.abort_timers.pop(side, None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -330,3 +355,7 @@ class Tunnel(Upgrade):
 
     def sent_to_client(self) -> int:
         return self.sent
+
+    def figures(self, duration: float) -> WebSocketFigures:
+        by, code = self.ended_by or (None, None)
+        return WebSocketFigures("tunnel", duration, None, self.received, None, self.sent - self.head_size, code, by)

@@ -11,10 +11,13 @@ What a relayed pair (``websocket.py``) and a byte tunnel (``tunnel.py``) share:
   shutdown), or, after the upstream's 101, the takeover of the client's connection from
   twisted.web, bytes the client pipelined included;
 - a client that leaves before its answer leaves no upstream connection behind;
-- the idle timer, and at the end one access-log line, the lease released, the gateway told.
+- the request's id (``X-Request-ID``, ``wsrelay.requestid``) on the upstream handshake;
+- the idle timer, and at the end one access-log line, the lease released, the gateway told.  A
+  pair that opened is logged once, when it ends, with status 101 and its figures (as nginx logs
+  an upgraded connection when it closes); a refused handshake is an ordinary request's line.
 
 Subclasses supply the upstream factory, how to abort the upstream connection, how to close both
-sides with 1001, and how many bytes the client was sent.
+sides with 1001, and the pair's figures for the access log.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.server import Request
 
 from wsrelay import headers as H
-from wsrelay.accesslog import format_line
+from wsrelay import requestid
+from wsrelay.accesslog import Entry, WebSocketFigures
 from wsrelay.answers import answer_error
 from wsrelay.config import Route, Upstream
 from wsrelay.connect import upstream_endpoint
@@ -144,7 +148,7 @@ class Upgrade:
     # One per open WebSocket: slots keep it small (an idle pair's memory, issue 11).
     __slots__ = ("gw", "reactor", "metrics", "request", "route", "upstream", "scheme", "raw", "client_ip", "peer_ip",
                  "tried", "lease", "connecting", "timer", "idle_timer", "last_activity", "started",
-                 "deadline", "answered", "taken_over", "opened", "ended", "log_request")
+                 "deadline", "answered", "taken_over", "opened", "ended", "log_request", "opened_at")
 
     def __init__(self, gw: Any, request: Request, route: Route, upstream: Upstream, scheme: str,
                  raw: list[tuple[bytes, bytes]]) -> None:
@@ -165,13 +169,14 @@ class Upgrade:
         self.idle_timer: Any = None
         self.last_activity = 0.0
         self.started = time.monotonic()
+        self.opened_at = 0.0  # time.monotonic() when both sides were open
         self.deadline = self.reactor.seconds() + route.retry_timeout  # no retry after this
         self.answered = False  # the client has its answer: an HTTP refusal, or the takeover
         self.taken_over = False  # the client's connection left twisted.web for this upgrade
         self.opened = False  # counted as an open WebSocket in the metrics
         self.ended = False
         # what the access log needs of the request, kept when the request is let go
-        self.log_request: tuple[bytes, bytes, bytes, bytes | None, bytes | None] | None = None
+        self.log_request: tuple[bytes, bytes, bytes, bytes | None, bytes | None, bytes] | None = None
 
     # -- what subclasses supply ---------------------------------------------------------------
 
@@ -190,13 +195,20 @@ class Upgrade:
         """Bytes sent to the client, for the access log."""
         raise NotImplementedError
 
+    def figures(self, duration: float) -> WebSocketFigures:
+        """The open pair's figures for its access-log line (``duration``: seconds open)."""
+        raise NotImplementedError
+
     def upstream_headers(self, drop: frozenset[bytes] = frozenset()) -> list[H.Header]:
-        """The client's header lines as the upstream gets them (``headers.request_to_upstream``)."""
+        """The client's header lines as the upstream gets them (``headers.request_to_upstream``),
+        and the request's ``X-Request-ID``."""
         route = self.route
-        return H.request_to_upstream(self.raw, client_ip=self.client_ip, scheme=self.scheme,
-                                     host_header=route.host_header, upstream_hostport=self.lease.server.hostport,
-                                     drop=drop, forwarded=route.forwarded, passed=route.pass_headers,
-                                     peer_ip=self.peer_ip)
+        out = H.request_to_upstream(self.raw, client_ip=self.client_ip, scheme=self.scheme,
+                                    host_header=route.host_header, upstream_hostport=self.lease.server.hostport,
+                                    drop=drop | requestid.DROP, forwarded=route.forwarded, passed=route.pass_headers,
+                                    peer_ip=self.peer_ip)
+        out.append((requestid.HEADER, self.request.request_id()))  # type: ignore[attr-defined]
+        return out
 
     # -- the upstream connection ------------------------------------------------------------
 
@@ -381,10 +393,7 @@ class Upgrade:
     def forget_handshake(self) -> None:
         """The pair is open: let the twisted.web request, the client's header lines and every
         handshake timer go (an open pair keeps only what it relays with)."""
-        request = self.request
-        if request is not None:
-            self.log_request = (request.method, request.uri, request.clientproto,
-                                request.getHeader(b"referer"), request.getHeader(b"user-agent"))
+        self.keep_log_request()
         self.request = None  # type: ignore[assignment]
         self.raw = None  # type: ignore[assignment]
         self.connecting = None
@@ -396,6 +405,7 @@ class Upgrade:
         """Both sides are open: count it and start the idle timer (or, when wsrelay is stopping,
         close it with 1001 right after, so its client reconnects to the process taking over)."""
         self.opened = True
+        self.opened_at = time.monotonic()
         self.metrics.opened(self.route.name, self.route.websocket.mode)
         self.last_activity = self.reactor.seconds()
         if self.gw.gateway.draining:
@@ -436,22 +446,32 @@ class Upgrade:
         if self.lease is not None:
             self.lease.release()
         if self.taken_over and self.gw.gateway.access_log.enabled:
-            request = self.request
-            if request is not None:
-                self.log_request = (request.method, request.uri, request.clientproto,
-                                    request.getHeader(b"referer"), request.getHeader(b"user-agent"))
-            assert self.log_request is not None
-            method, target, protocol, referer, user_agent = self.log_request
-            self.gw.gateway.access_log.write(format_line(
-                client=self.client_ip or "unix", when=time.time(), method=method, target=target,
-                protocol=protocol, status=101, sent=self.sent_to_client(),
-                referer=referer, user_agent=user_agent,
-                upstream=self.lease.server.hostport if self.lease is not None else None,
-                duration=time.monotonic() - self.started,
-            ))
+            self.write_log()
         if self.opened:
             self.metrics.ended(self.route.name, self.route.websocket.mode)
         self.gw.gateway.closed(self)
+
+    def keep_log_request(self) -> None:
+        """Keep what the access log needs of the request, before it is let go."""
+        request = self.request
+        if request is not None:
+            self.log_request = (request.method, request.uri, request.clientproto, request.getHeader(b"referer"),
+                                request.getHeader(b"user-agent"), request.request_id())  # type: ignore[attr-defined]
+
+    def write_log(self) -> None:
+        """The access-log line of a pair that was taken over (its 101 went to the client)."""
+        self.keep_log_request()
+        assert self.log_request is not None
+        method, target, protocol, referer, user_agent, request_id = self.log_request
+        now = time.monotonic()
+        figures = self.figures(now - self.opened_at if self.opened else 0.0)
+        self.gw.gateway.access_log.log(Entry(
+            client=self.client_ip, when=time.time(), method=method, target=target,
+            protocol=protocol, status=101, sent=self.sent_to_client(), referer=referer, user_agent=user_agent,
+            upstream=self.lease.server.hostport if self.lease is not None else None,
+            duration=now - self.started, request_id=request_id, route=self.route.name,
+            received=figures.bytes_from_client, websocket=figures,
+        ))
 
     def shutdown(self) -> None:
         """wsrelay is stopping: 1001 close frames to both sides (or 503 to a pending handshake)."""

@@ -118,6 +118,8 @@ def _global_keys(base: str) -> dict[str, _Key]:
     return {
         "listen": (V.endpoints, ""),
         "access_log": (V.access_log(base), "-"),
+        "access_log_format": (V.choice("combined", "json"), "combined"),
+        "trust_request_id": (V.parse_bool, "off"),
         "workers": (V.workers, "1"),
         "max_connections": (_connection_cap, "auto"),
         "drain_timeout": (V.parse_duration, "10s"),

@@ -197,6 +197,8 @@ class _Builder:
             ws_drain_spread=glob["ws_drain_spread"],
             reuse_port=glob["reuse_port"],
             max_connections=glob["max_connections"],
+            access_log_format=glob["access_log_format"],
+            trust_request_id=glob["trust_request_id"],
         )
 
     def admin(self, sections: list[tuple[str, str]], listeners: list[Listener]) -> Admin | None:

@@ -223,3 +223,5 @@ class Config:
     ws_drain_spread: float = 5.0  # a stop closes WebSocket pairs evenly over this long
     reuse_port: bool = True  # SO_REUSEPORT on tcp: listeners (a new process can bind beside this one)
     max_connections: int | None = None  # client connections per process; None: auto (RLIMIT_NOFILE); 0: no cap
+    access_log_format: str = "combined"  # or json
+    trust_request_id: bool = False  # keep a valid X-Request-ID from the client (wsrelay.requestid)

@@ -32,7 +32,8 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from wsrelay.accesslog import format_line
+from wsrelay import requestid
+from wsrelay.accesslog import Entry
 from wsrelay.errors import BadRequest, HeaderFieldsTooLarge, ProxyError, RequestTimeout, URITooLong
 from wsrelay.http import rules
 from wsrelay.http.chunked import ChunkedDecoder
@@ -416,7 +417,8 @@ class RelayChannel(Protocol):
         self.refused = True
         self.state = _CLOSED
         self._cancel_timer()
-        peer = getattr(self.getPeer(), "host", "-")
+        host = getattr(self.getPeer(), "host", None)  # None: a unix: listener
+        peer = host or "-"
         log.info("{client}: {status} ({detail})", client=peer, status=error.status, detail=error.detail)
         head = [b"HTTP/1.1 %d %s" % (error.status, error.reason.encode("ascii")),
                 b"Content-Type: text/plain; charset=utf-8", b"Content-Length: %d" % len(error.body),
@@ -432,11 +434,11 @@ class RelayChannel(Protocol):
             access_log = self.site.gateway.access_log
             if access_log.enabled:
                 fields = rules.loose_fields(self._head) if self.method is not None else {}
-                access_log.write(format_line(
-                    client=peer, when=time.time(), method=self.method or b"-", target=self.target or b"-",
+                access_log.log(Entry(
+                    client=host, when=time.time(), method=self.method or b"-", target=self.target or b"-",
                     protocol=self.version or b"-", status=error.status, sent=len(error.body),
                     referer=fields.get(b"referer"), user_agent=fields.get(b"user-agent"), upstream=None,
-                    duration=0.0))
+                    duration=0.0, request_id=requestid.new_id()))
         self.transport.loseConnection()
 
     def _set_timer(self, seconds: float, call: Any, kind: str = "head") -> None:

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrelay import headers as H
+from wsrelay import requestid
 from wsrelay.accesslog import escape
 from wsrelay.answers import answer_error
 from wsrelay.config import Route, Upstream
@@ -129,11 +130,12 @@ class Exchange:
             self.internal_error(Failure())
 
     def build_head(self, server: Any) -> bytes:
+        request = self.request
         out = H.request_to_upstream(self.raw, client_ip=self.client_ip, scheme=self.scheme,
                                     host_header=self.route.host_header, upstream_hostport=server.hostport,
-                                    forwarded=self.route.forwarded, passed=self.route.pass_headers,
-                                    peer_ip=self.peer_ip)
-        request = self.request
+                                    drop=requestid.DROP, forwarded=self.route.forwarded,
+                                    passed=self.route.pass_headers, peer_ip=self.peer_ip)
+        out.append((requestid.HEADER, request.request_id()))
         length = self.body_size if self.has_body or request.method in _EXPECT_BODY else None
         return request_head(request.method, request.uri, out, length, close=not self.upstream.keepalive)
 

@@ -5,6 +5,9 @@
   streams in; the request is then never dispatched.
 - Every request answered over HTTP gets one access-log line when it ends, including those wsrelay
   answers itself; a WebSocket takeover logs its own line when the pair closes.
+- Every request has an id (:meth:`RelayRequest.request_id`, ``wsrelay.requestid``), made when
+  first asked for: by the proxy or the WebSocket handshake, which pass it upstream as
+  ``X-Request-ID``, or by the access-log line.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Any
 from twisted.python.failure import Failure
 from twisted.web import server
 
-from wsrelay.accesslog import format_line
+from wsrelay import requestid
+from wsrelay.accesslog import Entry
 from wsrelay.errors import BadRequest, PayloadTooLarge, ProxyError
 from wsrelay.routing import normalize_host, normalize_path
 
@@ -67,8 +71,10 @@ class RelayRequest(server.Request):
     wsrelay_exchange: Any = None
     #: set by the site when the peer is a trusted proxy: the client address its headers give.
     wsrelay_client: str | None = None
-    #: set by the site: the name of the route the request matched (None: refused before that).
+    #: set by the site: the name of the route the request matched (None: none matched yet).
     wsrelay_route: str | None = None
+    #: the request's id, once :meth:`request_id` made it.
+    wsrelay_request_id: bytes | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -126,6 +132,16 @@ class RelayRequest(server.Request):
             return
         self.content.write(data)
 
+    def request_id(self) -> bytes:
+        """The request's ``X-Request-ID``: the client's when ``trust_request_id`` and it is valid,
+        else a new one (``wsrelay.requestid``); the same on every call."""
+        rid = self.wsrelay_request_id
+        if rid is None:
+            trust = self._gateway.runtime.config.trust_request_id
+            sent = self.requestHeaders.getRawHeaders(requestid.FIELD) if trust else None
+            rid = self.wsrelay_request_id = requestid.choose(sent, trust)
+        return rid
+
     # -- access log ---------------------------------------------------------------------------
 
     def _log_line(self, status: int, sent: int, *, method: bytes | None = None, target: bytes | None = None,
@@ -139,13 +155,13 @@ class RelayRequest(server.Request):
                                   duration, self.wsrelay_received, sent)
         if not gateway.access_log.enabled:
             return
-        gateway.access_log.write(format_line(
-            client=client_ip(self) or "-", when=time.time(),
-            method=method if method is not None else (self.method or b"-"),
-            target=target if target is not None else (self.uri or b"-"),
-            protocol=protocol or self.clientproto, status=status, sent=sent,
-            referer=self.getHeader(b"referer"), user_agent=self.getHeader(b"user-agent"),
-            upstream=self.wsrelay_upstream, duration=duration,
+        gateway.access_log.log(Entry(  # positional, in Entry's order: this runs for every request
+            client_ip(self), time.time(),
+            method if method is not None else (self.method or b"-"),
+            target if target is not None else (self.uri or b"-"),
+            protocol or self.clientproto, status, sent, self.getHeader(b"referer"), self.getHeader(b"user-agent"),
+            self.wsrelay_upstream, duration,
+            self.request_id(), self.wsrelay_route, self.wsrelay_received,
         ))
 
     def log_refusal(self, status: int, sent: int) -> None:

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from wsrelay import headers as H
+from wsrelay.accesslog import WebSocketFigures
 from wsrelay.bucket import TokenBucket
 from wsrelay.config import Route, Upstream
 from wsrelay.errors import CLOSE_GOING_AWAY, BadGateway
@@ -249,3 +250,10 @@ class Pair(Upgrade):
 
     def sent_to_client(self) -> int:
         return self.relay.counters(CLIENT).octets_out
+
+    def figures(self, duration: float) -> WebSocketFigures:
+        relay = self.relay
+        client, upstream = relay.counters(CLIENT), relay.counters(UPSTREAM)
+        by, code = relay.ended_by or (None, None)
+        return WebSocketFigures("relay", duration, client.messages_in, client.octets_in,
+                                upstream.messages_in, upstream.octets_in, code, by)
