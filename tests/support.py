@@ -203,13 +203,23 @@ class Process:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def open_connections(self, port: int) -> int:
-        """TCP connections to local ``port`` still open at wsrelay's end (ESTABLISHED or CLOSE_WAIT),
-        from /proc/net/tcp."""
+        """TCP connections to local ``port`` still open at wsrelay's end (ESTABLISHED or CLOSE_WAIT):
+        sockets of this process only (their inodes among its descriptors), from /proc/net/tcp and
+        tcp6, so other programs' connections from or to the same port number never count."""
+        inodes = set()
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
         count = 0
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port, state = int(fields[1].rsplit(":", 1)[1], 16), fields[3]
-            count += local_port == port and state in ("01", "08")
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local_port, state = int(fields[1].rsplit(":", 1)[1], 16), fields[3]
+                count += local_port == port and state in ("01", "08") and fields[9] in inodes
         return count
 
     def fd_targets(self) -> list[str]:
