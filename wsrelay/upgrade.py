@@ -33,7 +33,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
-from twisted.web.http import NO_BODY_CODES, RESPONSES
+from twisted.web.http import NO_BODY_CODES
 from twisted.web.server import Request
 
 from wsrelay import headers as H
@@ -43,24 +43,14 @@ from wsrelay.answers import answer_error
 from wsrelay.config import Route, Upstream
 from wsrelay.connect import upstream_endpoint
 from wsrelay.errors import BadGateway, GatewayTimeout, ProxyError, ServiceUnavailable
+from wsrelay.handshake import UpstreamRefusal, refusal
 from wsrelay.http.request import client_ip, peer_ip
-from wsrelay.http.response import LENGTH, InvalidResponse
-from wsrelay.http.response import parse_head as parse_response
 
 log = Logger()
 
 #: Seconds a peer gets to take its close (a close frame, or the last bytes before FIN) before its
 #: connection is aborted.
 CLOSE_HANDSHAKE_TIMEOUT = 5.0
-
-#: The longest upstream refusal body passed on to the client.
-REFUSAL_BODY_MAX = 65536
-
-#: Fields of an upstream refusal never passed on, besides hop-by-hop ones: the framing (wsrelay
-#: frames the body itself) and fields twisted.web sets.  ``Sec-WebSocket-*`` belong to the
-#: upstream hop too.
-_NOT_PASSED = frozenset({b"content-length", b"date", b"server"})
-
 
 #: How connecting to an upstream fails when the upstream (or the way to it) is at fault; any other
 #: failure is wsrelay's own.
@@ -76,59 +66,6 @@ def reason_text(reason: Failure | BaseException | str) -> str:
     if isinstance(reason, Failure):
         return reason.getErrorMessage() or reason.type.__name__
     return str(reason)
-
-
-class UpstreamRefusal(ProxyError):
-    """The upstream's own final answer to the handshake, passed on to the client.
-
-    ``fields``: its end-to-end fields in wire order (repeated ``Set-Cookie`` lines intact);
-    ``upstream_body``: its body when that came whole with the head, else None (the client then
-    gets a plain-text body naming the status, and none of the fields describing the upstream's).
-    """
-
-    def __init__(self, status: int, reason: str, fields: list[H.Header], body: bytes | None, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.reason, self.fields, self.upstream_body = status, reason, fields, body
-
-    @property
-    def body(self) -> bytes:
-        if self.status in NO_BODY_CODES:
-            return b""
-        return self.upstream_body if self.upstream_body is not None else super().body
-
-
-def _describes_body(name: bytes) -> bool:
-    name = name.lower()
-    return name.startswith(b"content-") or name in {b"etag", b"last-modified"}
-
-
-def refusal(head: bytes, rest: bytes, detail: str) -> ProxyError:
-    """The client's answer to an upstream that answered the handshake with ``head`` (not a good
-    101); ``rest`` is what came after the head.
-
-    A final status (2xx to 5xx: a redirect to a login page, a 401 and its challenge, a 503 and its
-    Retry-After) goes to the client with the upstream's end-to-end fields, and its body if it came
-    whole (``Content-Length``, at most ``REFUSAL_BODY_MAX``).  A 1xx (a 101 that failed the checks
-    included: it is not a final answer) or a head the HTTP engine would refuse (a malformed status
-    line or field, ambiguous framing: ``wsrelay.http.response``) is a 502, counted against the
-    server.
-    """
-    shown = head.split(b"\r\n", 1)[0][:100].decode("latin-1")
-    try:  # judged as the HTTP engine judges every upstream response (wsrelay.http.response)
-        response = parse_response(head, b"GET")
-    except InvalidResponse as e:
-        return BadGateway(f"upstream answered the WebSocket handshake with an invalid head: {e}: {detail}")
-    status = response.code
-    if status < 200:
-        return BadGateway(f"upstream answered the WebSocket handshake with {shown!r}: {detail}")
-    length = response.length if response.framing == LENGTH else None
-    body = rest[:length] if length is not None and length <= REFUSAL_BODY_MAX and len(rest) >= length else None
-    passed = [(n, v) for n, v in H.strip_hop_by_hop(response.fields)
-              if n.lower() not in _NOT_PASSED and not n.lower().startswith(b"sec-websocket-")
-              and (body is not None or not _describes_body(n))]
-    phrase = response.phrase.decode("latin-1")
-    reason = "".join(c for c in phrase if " " <= c <= "~")[:60].strip() or RESPONSES.get(status, b"Refused").decode()
-    return UpstreamRefusal(status, reason, passed, body, f"upstream answered the WebSocket handshake with {shown!r}")
 
 
 def swap_protocol(transport: Any, protocol: Protocol) -> None:

@@ -15,7 +15,7 @@ Order of events for one client (``relay`` mode):
    route says; X-Forwarded-*).  Extensions are negotiated per hop, never forwarded.
 3. The upstream answers: a final status (2xx to 5xx) goes to the client as that status with the
    upstream's end-to-end fields (``Location``, ``WWW-Authenticate``, ``Retry-After``,
-   ``Set-Cookie``...; see :func:`wsrelay.upgrade.refusal`); a 1xx, and a 101 that fails
+   ``Set-Cookie``...; see :func:`wsrelay.handshake.refusal`); a 1xx, and a 101 that fails
    Autobahn's checks, are a 502; no connection is a 502 (504 for a connect timeout), no answer
    within ``ws_handshake_timeout`` a 504.  A 101 makes wsrelay take the
    client's connection over from twisted.web (with any bytes the client pipelined) and complete
