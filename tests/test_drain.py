@@ -106,6 +106,7 @@ def test_stop_spreads_pair_closes_and_lets_http_finish() -> None:
     stopped: list[object] = []
     service.stopService().addBoth(stopped.append)
     assert service.draining and service.gateway.draining
+    assert service.connections.limit == 0  # lifted: the listeners' queued connections are accepted
     advance_until(reactor, stopped)
     assert stopped == [None]
     assert sorted(p.shutdown_at[0] for p in pairs) == pytest.approx([i * 0.5 for i in range(8)])
@@ -183,6 +184,40 @@ def test_stop_listening_accepts_what_the_kernel_queued() -> None:
             reactor.iterate(0)
         for c in clients:
             assert c.recv(5) == b"hello"
+    finally:
+        for c in clients:
+            c.close()
+        for p in made:
+            p.transport.abortConnection()
+        reactor.iterate(0)
+        reactor.disconnectAll()
+
+
+def test_a_stop_at_max_connections_accepts_what_the_kernel_queued_too() -> None:
+    """At the cap the listener is paused and newcomers wait in the backlog; a stop lifts the cap
+    (as RelayService.stopService does) before the socket closes, so they are accepted, not reset."""
+    from twisted.internet.epollreactor import EPollReactor
+
+    from wsrelay.capacity import ConnectionCap
+    from wsrelay.listeners import open_listener
+
+    reactor = EPollReactor()
+    made: list[Protocol] = []
+
+    class Hello(Protocol):
+        def connectionMade(self) -> None:
+            made.append(self)
+
+    port = open_listener(reactor, "tcp:0:interface=127.0.0.1", Factory.forProtocol(Hello), reuse_port=True)
+    cap = ConnectionCap(reactor, limit=1)
+    cap.watch(port)
+    clients = [socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5) for _ in range(4)]
+    try:
+        port.doRead()  # the reactor's turn: one accepted, then the cap
+        assert len(made) == 1 and cap.full
+        cap.set_limit(0)
+        stop_listening(port)
+        assert len(made) == 4
     finally:
         for c in clients:
             c.close()

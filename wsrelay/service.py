@@ -385,6 +385,7 @@ class RelayService(MultiService):
         self.notifier.stop()
         self.notifier.stopping(f"stopping: draining {len(self.gateway.live)} open exchanges")
         config, gateway = self.config, self.gateway
+        self.connections.set_limit(0)  # what the kernel queued is accepted (and answered) even at the cap
         yield DeferredList([stop_listening(p) for p in self.ports.values()])
         self.ports.clear()
         self.sites.clear()
