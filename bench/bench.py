@@ -366,10 +366,7 @@ class Bench:
         if kind.startswith("nginx"):
             conf = os.path.join(self.workdir, f"{stamp}.conf")
             with open(conf, "w") as f:
-                f.write(configs.proxy_nginx(
-                    self.workdir, stamp, port, self.origin_port, self.ws_port,
-                    tuned=kind == "nginx-tuned", connections=max(min(self.nofile - 100, 60000), 1024),
-                    nofile=self.nofile))
+                f.write(self.nginx_conf(kind, stamp, port, workers))
             proc = self.procs.spawn(stamp, self.nginx_cmd(conf), cpus=self.proxy_cpus)
             self.proxy = proc
             proc.error_log = os.path.join(self.workdir, f"{stamp}-error.log")  # type: ignore[attr-defined]
@@ -378,10 +375,7 @@ class Bench:
             return port
         ini = os.path.join(self.workdir, f"{stamp}.ini")
         with open(ini, "w") as f:
-            log = self.args.wsrelay_access_log
-            access_log = None if log == "off" else (os.path.join(self.workdir, f"{stamp}-access.log"), log)
-            f.write(configs.wsrelay_ini(port, self.origin_port, self.ws_port, workers=workers,
-                                        admin=kind == "wsrelay-admin", access_log=access_log))
+            f.write(self.wsrelay_conf(port, workers, kind, stamp))
         twistd = self.args.twistd_alt if kind == "wsrelay-alt" else self.args.twistd
         cmd = [twistd, "-n", "--pidfile=", "wsrelay", "--config", ini]
         proc = self.procs.spawn(stamp, cmd, cpus=self.proxy_cpus)
@@ -401,6 +395,23 @@ class Bench:
                                  + tail(proc.log_path))
             time.sleep(0.1)
         return port
+
+    def nginx_conf(self, kind: str, stamp: str, port: int, workers: int) -> str:
+        """The configuration of nginx as the proxy under test (storm.py has its own)."""
+        return configs.proxy_nginx(self.workdir, stamp, port, self.origin_port, self.ws_port,
+                                   tuned=kind == "nginx-tuned", connections=self.nginx_connections(),
+                                   nofile=self.nofile)
+
+    def nginx_connections(self) -> int:
+        return max(min(self.nofile - 100, 60000), 1024)
+
+    def wsrelay_conf(self, port: int, workers: int, kind: str = "wsrelay", stamp: str = "wsrelay") -> str:
+        """The configuration of wsrelay as the proxy under test (storm.py has its own): with the
+        admin listener for ``wsrelay-admin``, and the access log ``--wsrelay-access-log`` asks for."""
+        log = self.args.wsrelay_access_log
+        access_log = None if log == "off" else (os.path.join(self.workdir, f"{stamp}-access.log"), log)
+        return configs.wsrelay_ini(port, self.origin_port, self.ws_port, workers=workers,
+                                   admin=kind == "wsrelay-admin", access_log=access_log)
 
     def stop_proxy(self, label: str) -> None:
         proc = self.proxy
@@ -692,17 +703,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--scenarios", help="comma-separated scenarios (default: all but the extra ones): "
                    + ",".join(ALL_SCENARIOS + EXTRA_SCENARIOS))
     p.add_argument("--no-memory", action="store_true", help="skip the idle-memory test")
-    p.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
-    p.add_argument("--proxy-cpus", default="0", help="taskset CPU list for the proxy (default 0)")
-    p.add_argument("--load-cpus", default="1", help="taskset CPU list for load generator and upstreams (default 1)")
-    p.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
-    p.add_argument("--twistd", default=os.path.join(os.path.dirname(sys.executable), "twistd"))
-    p.add_argument("--twistd-alt", help="another venv's twistd, run as instance wsrelay-alt (variant relay-alt)")
-    p.add_argument("--wsrelay-access-log", choices=("off", "combined", "json"), default="off",
-                   help="wsrelay's access log: off (default, as nginx's), or a file in that format")
-    p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
-    p.add_argument("--node", default=shutil.which("node") or "node")
-    p.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    add_common_args(p)
     args = p.parse_args(argv)
     q = args.quick
     args.runs = args.runs or (1 if q else 3)
@@ -725,6 +726,49 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.no_pin:
         args.proxy_cpus = args.load_cpus = None
     return args
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """Options of every harness here (bench.py, soak.py, storm.py): results, pinning, programs."""
+    p.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
+    p.add_argument("--proxy-cpus", default="0", help="taskset CPU list for the proxy (default 0)")
+    p.add_argument("--load-cpus", default="1", help="taskset CPU list for load generator and upstreams (default 1)")
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
+    p.add_argument("--twistd", default=os.path.join(os.path.dirname(sys.executable), "twistd"))
+    p.add_argument("--twistd-alt", help="another venv's twistd, run as instance wsrelay-alt (variant relay-alt)")
+    p.add_argument("--wsrelay-access-log", choices=("off", "combined", "json"), default="off",
+                   help="wsrelay's access log: off (default, as nginx's), or a file in that format")
+    p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
+    p.add_argument("--node", default=shutil.which("node") or "node")
+    p.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+
+
+def prepare(args: argparse.Namespace, name: str) -> tuple[str, str, int]:
+    """Pin the harness to the load cores, raise the open-file limit, turn SIGTERM into
+    KeyboardInterrupt, make the results directory: (timestamp, work directory, open-file limit)."""
+    if args.load_cpus is not None:
+        os.sched_setaffinity(0, {int(c) for c in args.load_cpus.split(",")})  # the harness too
+    nofile = raise_nofile()
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    os.makedirs(args.out, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return stamp, tempfile.mkdtemp(prefix=f"wsrelay-{name}-"), nofile
+
+
+def keep_logs(workdir: str, logs: str) -> None:
+    """Copy the logs and configurations of a work directory to ``logs``, then remove it."""
+    try:
+        os.makedirs(logs, exist_ok=True)
+        for fn in os.listdir(workdir):
+            if fn.endswith((".log", ".conf", ".ini")):
+                shutil.copy(os.path.join(workdir, fn), logs)
+        shutil.rmtree(workdir, ignore_errors=True)
+    except OSError as e:
+        print(f"bench: could not keep logs: {e}", flush=True)
 
 
 def raise_nofile() -> int:
@@ -758,21 +802,11 @@ def main(argv: list[str]) -> int:
     if len(cpus) < 2 and not args.no_pin:
         print("bench: fewer than 2 CPUs available: not pinning (figures will be less clean)", flush=True)
         args.proxy_cpus = args.load_cpus = None
-    if args.load_cpus is not None:
-        os.sched_setaffinity(0, {int(c) for c in args.load_cpus.split(",")})  # the harness too
-    nofile = raise_nofile()
+    stamp, workdir, nofile = prepare(args, "bench")
     need = 2 * max(args.idle_counts) + 200
     if nofile < need:
         print(f"bench: open-file limit {nofile} < {need}: lowering idle counts", flush=True)
         args.idle_counts = [min(n, (nofile - 200) // 2) for n in args.idle_counts]
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    os.makedirs(args.out, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    workdir = tempfile.mkdtemp(prefix="wsrelay-bench-")
     procs = Procs(workdir)
     bench = Bench(args, workdir, procs)
     info = meta(args)
@@ -806,14 +840,7 @@ def main(argv: list[str]) -> int:
         info["elapsed_s"] = time.monotonic() - started
         info["loadavg_end"] = read_text("/proc/loadavg").split()[:3]
         logs = os.path.join(args.out, f"{stamp}-logs")
-        try:
-            os.makedirs(logs, exist_ok=True)
-            for fn in os.listdir(workdir):
-                if fn.endswith((".log", ".conf", ".ini")):
-                    shutil.copy(os.path.join(workdir, fn), logs)
-            shutil.rmtree(workdir, ignore_errors=True)
-        except OSError as e:
-            print(f"bench: could not keep logs: {e}", flush=True)
+        keep_logs(workdir, logs)
     summary = report.summarise(bench.runs, bench.memory)
     data = {"meta": info, "summary": summary, "problems": bench.problems, "notes": bench.notes,
             "runs": bench.runs, "memory": bench.memory}

@@ -3,7 +3,8 @@
 * CPU time of a process tree: ``utime + stime`` (fields 14 and 15 of ``/proc/PID/stat``, in clock
   ticks, all threads included) summed over a root process and all its descendants, so an nginx
   master and its worker, or a wsrelay master and its workers, count as one proxy.
-* Resident memory of a process tree: ``VmRSS`` from ``/proc/PID/status``, summed the same way.
+* Resident memory of a process tree: ``VmRSS`` from ``/proc/PID/status``, summed the same way;
+  open descriptors: the entries of ``/proc/PID/fd``, summed the same way.
 * Busy time of each core from ``/proc/stat`` (everything but idle and iowait), to show how busy
   the proxy's core and the load generator's core were, including load from other processes.
 """
@@ -74,6 +75,17 @@ def rss_bytes(pids: list[int]) -> int:
                     if line.startswith("VmRSS:"):
                         total += int(line.split()[1]) * 1024
                         break
+        except OSError:
+            pass
+    return total
+
+
+def fd_count(pids: list[int]) -> int:
+    """Open file descriptors of these processes (entries of /proc/PID/fd), summed."""
+    total = 0
+    for pid in pids:
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
         except OSError:
             pass
     return total

@@ -4,6 +4,8 @@
 #   sh bench/run.sh            full run (3 repetitions, about 10 minutes)
 #   sh bench/run.sh --quick    smoke run (about 2 minutes)
 #   sh bench/run.sh --help     bench.py's options (all arguments are passed through)
+#   sh bench/run.sh soak [--minutes 10]   the soak (bench/soak.py; --help for its options)
+#   sh bench/run.sh storm [--pairs 9500]  capacity and reconnect storm (bench/storm.py)
 #
 # Installs, only when missing: nginx and wrk (Debian packages nginx-light or nginx, and wrk, with
 # apt-get; needs root or sudo), the Node.js packages ws and bufferutil (npm, into
@@ -77,5 +79,9 @@ else
     say "bench/.venv present (BENCH_REINSTALL=1 to rebuild it)"
 fi
 
+script=bench.py
+case "${1:-}" in
+    soak|storm) script="$1.py"; shift ;;
+esac
 cd "$repo"
-exec "$bench/.venv/bin/python" "$bench/bench.py" "$@"
+exec "$bench/.venv/bin/python" "$bench/$script" "$@"

@@ -9,6 +9,13 @@
 //         round-trip times during `duration` s after `warmup` s; p50/p90/p99/max in microseconds.
 //   idle  opens `count` connections (at most `parallel` handshakes at a time) and holds them;
 //         stdin commands: "add N" opens N more, "close" closes all and exits.
+//   storm opens `count` connections as idle does (from source address `local`, e.g. 127.0.0.5)
+//         and holds them, `active` of them sending a 64-byte message each second (checked when
+//         it comes back); stdin "storm": every connection is dropped at once (socket destroyed,
+//         as a deploy cuts them) and opened again at once, all together; a failed attempt (here
+//         and in the first opening) is retried after 100-300 ms; "STORMED <json>" when all are
+//         open again (times in epoch ms, failed attempts by kind); "count": "COUNT <json>" (how
+//         many are open now); "close" closes all and exits.
 //
 // Output (stdout, one line each): "START" when the measured window begins, then
 // "END <json>" when it ends (thr/lat); "OPEN <json>" after each batch of idle connections;
@@ -51,7 +58,8 @@ setTimeout(() => {
 function connect() {
   // opt.deflate: offer permessage-deflate and compress every message (threshold 0), as a browser does
   const deflate = opt.deflate ? { threshold: 0 } : false;
-  return new WebSocket(url, { perMessageDeflate: deflate, maxPayload: 64 * 1024 * 1024, handshakeTimeout: 20000 });
+  return new WebSocket(url, { perMessageDeflate: deflate, maxPayload: 64 * 1024 * 1024, handshakeTimeout: 20000,
+    localAddress: opt.local || undefined });
 }
 
 const stats = { errors: 0, unexpected_closes: 0, bad_echoes: 0, close_codes: {} };
@@ -103,6 +111,22 @@ function closeAllAndExit(sockets, result) {
   }
   if (open === 0) finish(0);
   setTimeout(() => finish(0), 5000);
+}
+
+// stdin commands, one a line: onCommand(word, argument); onEnd() when stdin closes
+function commands(onCommand, onEnd) {
+  let buf = '';
+  process.stdin.setEncoding('utf8');
+  process.stdin.on('data', (chunk) => {
+    buf += chunk;
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const [cmd, arg] = buf.slice(0, i).trim().split(/\s+/);
+      buf = buf.slice(i + 1);
+      onCommand(cmd, arg);
+    }
+  });
+  process.stdin.on('end', onEnd);
 }
 
 function percentile(sorted, p) {
@@ -250,25 +274,128 @@ function idle() {
   };
   openBatch(opt.count || 0, report);
 
-  let buf = '';
-  process.stdin.setEncoding('utf8');
-  process.stdin.on('data', (chunk) => {
-    buf += chunk;
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, i).trim();
-      buf = buf.slice(i + 1);
-      const [cmd, arg] = line.split(/\s+/);
-      if (cmd === 'add') openBatch(Number(arg), report);
-      else if (cmd === 'close') closeAllAndExit(sockets);
+  commands((cmd, arg) => {
+    if (cmd === 'add') openBatch(Number(arg), report);
+    else if (cmd === 'close') closeAllAndExit(sockets);
+  }, () => closeAllAndExit(sockets));
+}
+
+function storm() {
+  const count = opt.count || 0;
+  const parallel = opt.parallel || 100;
+  const slots = new Array(count).fill(null);
+  const echo = { sent: 0, back: 0, bad: 0 };
+  let errors = {};
+  let attempts = 0;
+  let pending = 0;
+  let round = null;
+  const payload = Buffer.alloc(64, 7);
+
+  // open slot i; on success call done(true); a failure is retried (unless closing)
+  function open(i, done) {
+    attempts += 1;
+    const ws = connect();
+    let settled = false;
+    const settle = (ok, why) => {
+      if (settled) return;
+      settled = true;
+      if (ok) {
+        slots[i] = ws;
+        done(true);
+        return;
+      }
+      errors[why] = (errors[why] || 0) + 1;
+      ws.terminate();
+      if (!stopping) setTimeout(() => open(i, done), 100 + Math.random() * 200);
+    };
+    ws.on('open', () => settle(true));
+    ws.on('unexpected-response', (req, res) => settle(false, `status ${res.statusCode}`));
+    ws.on('error', (err) => settle(false, err.code || err.message));
+    ws.on('close', () => settle(false, 'closed before open'));
+    ws.on('message', (data) => {
+      echo.back += 1;
+      if (data.length !== 64) echo.bad += 1;
+    });
+  }
+
+  function report(prefix, extra) {
+    const open = slots.filter((ws) => ws && ws.readyState === WebSocket.OPEN).length;
+    out(prefix + ' ' + JSON.stringify(Object.assign({ open, attempts, errors, echo }, extra)));
+  }
+
+  // initial open: at most `parallel` handshakes at a time
+  let next = 0;
+  let settledCount = 0;
+  const t0 = Date.now();
+  const pump = () => {
+    while (next < count && pending < parallel) {
+      pending += 1;
+      open(next++, () => {
+        pending -= 1;
+        settledCount += 1;
+        if (settledCount === count) report('OPEN', { seconds: (Date.now() - t0) / 1000 });
+        else pump();
+      });
     }
-  });
-  process.stdin.on('end', () => closeAllAndExit(sockets));
+  };
+  if (count === 0) report('OPEN', { seconds: 0 });
+  else pump();
+
+  const active = Math.round(opt.active || 0);
+  setInterval(() => {
+    for (let i = 0; i < active && i < count; i++) {
+      const ws = slots[i];
+      if (ws && ws.readyState === WebSocket.OPEN) {
+        ws.send(payload, { binary: true });
+        echo.sent += 1;
+      }
+    }
+  }, 1000);
+
+  function reconnectAll() {
+    const start = Date.now();
+    round = { start, times: [] };
+    errors = {};
+    attempts = 0;
+    let left = count;
+    for (let i = 0; i < count; i++) {
+      const old = slots[i];
+      slots[i] = null;
+      if (old) {
+        old.removeAllListeners('close');
+        old.on('error', () => {});
+        old.terminate();
+      }
+    }
+    for (let i = 0; i < count; i++) {
+      open(i, () => {
+        round.times.push(Date.now() - start);
+        left -= 1;
+        if (left === 0) {
+          const t = round.times.sort((a, b) => a - b);
+          round = null;
+          report('STORMED', { start, end: Date.now(), p50_ms: percentile(t, 50), p99_ms: percentile(t, 99),
+            max_ms: t[t.length - 1] });
+        }
+      });
+    }
+    if (count === 0) report('STORMED', { start, end: start });
+  }
+
+  commands((cmd) => {
+    if (cmd === 'storm') reconnectAll();
+    else if (cmd === 'count') report('COUNT', {});
+    else if (cmd === 'close') {
+      stopping = true;
+      closeAllAndExit(slots.filter((ws) => ws));
+    }
+  }, () => closeAllAndExit(slots.filter((ws) => ws)));
 }
 
 if (mode === 'thr') throughput();
 else if (mode === 'lat') latency();
 else if (mode === 'idle') idle();
+else if (mode === 'storm') storm();
 else {
   out('FAIL unknown mode ' + mode);
   finish(2);
