@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 from wsrelay.config import HealthCheck, Server, Upstream
 from wsrelay.connect import upstream_endpoint
+from wsrelay.timers import call_after_reads
 
 log = Logger()
 
@@ -121,7 +122,7 @@ class _ServerProbe:
 
         connecting = endpoint.connect(Factory.forProtocol(build))
         connecting.addErrback(lambda f: result.called or result.errback(f))
-        timer = reactor.callLater(check.timeout, lambda: result.called or result.errback(
+        timer = call_after_reads(reactor, check.timeout, lambda: result.called or result.errback(
             Failure(TimeoutError(f"no answer within {check.timeout}s"))))
 
         def done(outcome: Any) -> None:

@@ -33,6 +33,7 @@ from wsrelay.accesslog import WebSocketFigures
 from wsrelay.config import Route, Upstream
 from wsrelay.errors import CLOSE_ABNORMAL, CLOSE_GOING_AWAY, BadGateway
 from wsrelay.http.wire import no_delay
+from wsrelay.timers import call_after_reads
 from wsrelay.upgrade import CLOSE_HANDSHAKE_TIMEOUT, Upgrade
 
 log = Logger()
@@ -310,7 +311,8 @@ class Tunnel(Upgrade):
         connection, this pair and its server's connection count forever)."""
         transport.loseConnection()
         if side not in self.lost and side not in self.abort_timers:
-            self.abort_timers[side] = self.reactor.callLater(CLOSE_HANDSHAKE_TIMEOUT, self.abort_side, side, transport)
+            self.abort_timers[side] = call_after_reads(self.reactor, CLOSE_HANDSHAKE_TIMEOUT, self.abort_side, side,
+                                                       transport)
 
     def abort_side(self, side: str, transport: Any) -> None:
         del self.abort_timers[side]

@@ -45,6 +45,7 @@ from wsrelay.connect import upstream_endpoint
 from wsrelay.errors import BadGateway, GatewayTimeout, ProxyError, ServiceUnavailable
 from wsrelay.handshake import UpstreamRefusal, refusal
 from wsrelay.http.request import client_ip, peer_ip
+from wsrelay.timers import call_after_reads
 
 log = Logger()
 
@@ -152,7 +153,7 @@ class Upgrade:
     def start(self) -> None:
         self.gw.gateway.opened(self)
         self.request.notifyFinish().addErrback(lambda _: self.client_left_early())
-        self.timer = self.reactor.callLater(self.route.websocket.handshake_timeout, self.handshake_timed_out)
+        self.timer = call_after_reads(self.reactor, self.route.websocket.handshake_timeout, self.handshake_timed_out)
         self.connect()
 
     def connect(self, retry_of: ProxyError | None = None) -> None:

@@ -3,6 +3,10 @@
 # handshake timeout (found by the soak, bench/README.rst "Problems seen in wsrelay").
 #
 #   bash bench/repro/close-stall.sh [STALL_SECONDS]     (default 6; needs sh bench/run.sh once)
+#   TWISTD=PATH bash bench/repro/close-stall.sh 6       (another venv's wsrelay)
+#
+# Fixed since (wsrelay/timers.py): a deadline now runs after the reactor's reads of its turn, and
+# all three lines show 5 echoes.  Before: relay mode showed 0 echoes and 1000.
 #
 # A client sends 5 messages to an echo upstream and closes (1000) at once.  The upstream is held
 # (SIGSTOP) until wsrelay has forwarded the messages and the close, then wsrelay is held for
@@ -34,7 +38,7 @@ upstream = echo
 ws_mode = tunnel
 ws_ping_interval = off
 INI
-"$bench/.venv/bin/twistd" -n --pidfile= wsrelay --config "$work/relay.ini" > "$work/relay.log" 2>&1 & relay=$!
+"${TWISTD:-$bench/.venv/bin/twistd}" -n --pidfile= wsrelay --config "$work/relay.ini" > "$work/relay.log" 2>&1 & relay=$!
 for _ in $(seq 100); do grep -q "wsrelay ready" "$work/relay.log" 2>/dev/null && break; sleep 0.1; done
 
 one() {  # one URL: prints the client's line

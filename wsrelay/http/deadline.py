@@ -1,5 +1,9 @@
 """A deadline per connection or exchange, on one lazily moved timer.
 
+The call is made after the reactor has read what arrived (``wsrelay.timers``): a request, a
+body's bytes or a response that came while wsrelay was held up past the deadline are not taken
+for missing.
+
 Deadlines are set far more often than they expire (every request, every body read), and a
 Twisted ``DelayedCall`` costs a heap push to create and a reschedule to reset.  So setting a
 deadline only records when it is due and what to call; one ``DelayedCall`` fires, re-schedules
@@ -54,6 +58,16 @@ class Deadline:
         if now < due:
             self.timer = self.reactor.callLater(due - now, self._fired)
             return
-        call, self.due, self.call = self.call, None, None
-        assert call is not None
+        self.timer = self.reactor.callLater(0, self._judged)  # after this turn's reads
+
+    def _judged(self) -> None:
+        self.timer = None
+        due, call = self.due, self.call
+        if due is None or call is None:  # what was read settled it
+            return
+        now = self.reactor.seconds()
+        if now < due:  # moved later meanwhile
+            self.timer = self.reactor.callLater(due - now, self._fired)
+            return
+        self.due, self.call = None, None
         call()

@@ -40,6 +40,7 @@ from wsrelay.bucket import TokenBucket
 from wsrelay.errors import CLOSE_POLICY_VIOLATION
 from wsrelay.flow import PEER_FULL, ReadGate
 from wsrelay.relay import CLIENT, Abort, Action, BeginMessage, EndMessage, Relay, SendClose, SendFrame, SendMessage
+from wsrelay.timers import call_after_reads
 from wsrelay.upgrade import CLOSE_HANDSHAKE_TIMEOUT
 from wsrelay.websocket.deflate import Deflater, Inflater
 from wsrelay.websocket.frames import OP_CLOSE, OP_PING, OP_PONG, FrameReader, close_payload, header, xor
@@ -323,7 +324,7 @@ class LeanLeg(FrameReader):
     def _set_timer(self, seconds: float, call: Any) -> None:
         self._cancel(self.timer)
         pair = self.pair
-        self.timer = pair.reactor.callLater(seconds, call) if pair is not None else None
+        self.timer = call_after_reads(pair.reactor, seconds, call) if pair is not None else None
 
     @staticmethod
     def _cancel(call: Any) -> None:
@@ -350,7 +351,7 @@ class LeanLeg(FrameReader):
         self._write_frame(0x80 | OP_PING, self.ping_payload)
         self.hop.pings += 1
         self.ping_at = self.pair.reactor.seconds()
-        self.ping_call = self.pair.reactor.callLater(self.pair.route.websocket.ping_timeout, self._ping_timeout)
+        self.ping_call = call_after_reads(self.pair.reactor, self.pair.route.websocket.ping_timeout, self._ping_timeout)
 
     def _ping_timeout(self) -> None:
         self.ping_call = None
@@ -360,7 +361,7 @@ class LeanLeg(FrameReader):
         if self.read_paused:
             # wsrelay itself stopped reading this peer (the other side is slow): its pong may be
             # waiting unread.  Not a dead peer; check again later.
-            self.ping_call = pair.reactor.callLater(pair.route.websocket.ping_timeout, self._ping_timeout)
+            self.ping_call = call_after_reads(pair.reactor, pair.route.websocket.ping_timeout, self._ping_timeout)
             return
         self.hop.pings_missed += 1
         self.why = "WebSocket ping timeout (peer did not respond with pong in time)"
