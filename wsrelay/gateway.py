@@ -14,7 +14,8 @@ Invariants:
   (``closed``) uncounts it once.
   An open pair says so with a true ``open_pair`` attribute: a drain closes those itself (they
   never end on their own) and lets the others finish.  While ``draining``, a client connection
-  with no request served yet is live too (its first request is answered, then it is closed).
+  with no request served yet is live too (its first request is answered, then it is closed);
+  it is no client's exchange (its ``client_ip`` is None), so ``limit_conn`` does not count it.
 """
 
 from __future__ import annotations
