@@ -67,18 +67,3 @@ def test_response_hop_by_hop() -> None:
 def test_websocket_upgrade_detection(fields: list[tuple[bytes, bytes]], upgrade: bool) -> None:
     """Connection and Upgrade are token lists compared case-insensitively."""
     assert H.is_websocket_upgrade(fields) is upgrade
-
-
-@pytest.mark.parametrize("value, bad", [(b"ok value", False), (b"a\rb", True), (b"a\nb", True), (b"a\x00b", True)])
-def test_bad_values(value: bytes, bad: bool) -> None:
-    """CR, LF and NUL in a value mark it as hostile."""
-    assert H.bad_value(value) is bad
-
-
-def test_parse_head_keeps_repeated_fields_and_drops_malformed_lines() -> None:
-    """parse_head: the first line, fields in order with repeats intact; no-colon, folded and bad-name lines dropped."""
-    head = (b"HTTP/1.1 302 Found\r\nLocation: /login\r\nSet-Cookie: a=1\r\nset-cookie:  b=2 \r\n"
-            b"garbage\r\n folded: x\r\nBad Name: y\r\nX-Nul: a\0b\r\n\r\n")
-    first, fields = H.parse_head(head)
-    assert first == b"HTTP/1.1 302 Found"
-    assert fields == [(b"Location", b"/login"), (b"Set-Cookie", b"a=1"), (b"set-cookie", b"b=2")]

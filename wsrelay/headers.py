@@ -69,11 +69,6 @@ def is_websocket_upgrade(headers: Sequence[Header]) -> bool:
     return b"upgrade" in tokens(headers, b"connection") and b"websocket" in tokens(headers, b"upgrade")
 
 
-def bad_value(value: bytes) -> bool:
-    """True if a field value holds CR, LF or NUL (RFC 9110 section 5.5: never forwarded)."""
-    return b"\r" in value or b"\n" in value or b"\0" in value
-
-
 def is_token(value: bytes) -> bool:
     """RFC 9110 section 5.6.2: a method or field name."""
     return _TOKEN.fullmatch(value) is not None
@@ -87,22 +82,6 @@ def bad_field(name: bytes, value: bytes) -> str | None:
     if _CTL.search(value):
         return f"header {name[:40]!r} holds a control byte"
     return None
-
-
-def parse_head(head: bytes) -> tuple[bytes, list[Header]]:
-    """An HTTP message head's first line and its fields, in wire order.
-
-    Only well-formed ``token: value`` lines are kept: a line without a colon or with a bad field
-    name (obsolete line folding included) and a value with CR, LF or NUL are left out, so nothing
-    malformed is ever passed on.
-    """
-    first, *lines = head.rstrip(b"\r\n").split(b"\r\n")
-    fields: list[Header] = []
-    for line in lines:
-        name, sep, value = line.partition(b":")
-        if sep and _TOKEN.fullmatch(name) and not bad_value(value):
-            fields.append((name, value.strip(b" \t")))
-    return first, fields
 
 
 def strip_hop_by_hop(headers: Iterable[Header], extra: Iterable[bytes] = ()) -> list[Header]:
