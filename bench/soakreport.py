@@ -30,7 +30,8 @@ _RECORD = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}) \[([^\]]*)\] ?
 LOG_RULES: list[tuple[str, str, bool]] = [
     ((r"wsrelay listening on|wsrelay ready|wsrelay stopped|Loading |Starting factory|Stopping factory"
      r"|twistd N|reactor class|Server Shut Down|Received SIGTERM|Main loop terminated|\(TCP Port N Closed\)"
-     r"|^\[\S*\] \S*Site starting on|first relayed pair|draining N open exchanges|workers? "),
+     r"|^\[\S*\] \S*Site starting on|first relayed pair|draining N open exchanges|workers? "
+     r"|max_connections = auto: N client connections"),
      "start-up, first pair, stop", False),
     (r"route /ws/: client connection lost \(", "clients reset their pairs (RST) and victim processes are SIGKILLed",
      False),
