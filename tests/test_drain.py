@@ -4,6 +4,8 @@ given drain_timeout, listening sockets closed without resetting what the kernel 
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -159,6 +161,22 @@ def test_reuse_port_default_and_off() -> None:
     assert parse(text).reuse_port is False
 
 
+@contextmanager
+def queued(reactor: Any, port: Any, count: int, made: list[Protocol]) -> Iterator[list[socket.socket]]:
+    """``count`` clients connected to ``port`` (queued by the kernel until the reactor accepts
+    them); afterwards every socket on both sides is closed and the reactor let go."""
+    clients = [socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5) for _ in range(count)]
+    try:
+        yield clients
+    finally:
+        for c in clients:
+            c.close()
+        for p in made:
+            p.transport.abortConnection()
+        reactor.iterate(0)
+        reactor.disconnectAll()
+
+
 def test_stop_listening_accepts_what_the_kernel_queued() -> None:
     """Connections whose handshake the kernel completed but the process never accepted are accepted
     and handed to the factory before the socket closes; none is reset.  (Closing the socket
@@ -176,21 +194,13 @@ def test_stop_listening_accepts_what_the_kernel_queued() -> None:
             self.transport.write(b"hello")
 
     port = open_listener(reactor, "tcp:0:interface=127.0.0.1", Factory.forProtocol(Hello), reuse_port=True)
-    clients = [socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5) for _ in range(5)]
-    try:
+    with queued(reactor, port, 5, made) as clients:
         stop_listening(port)
         assert len(made) == 5
         for _ in range(20):  # write what connectionMade queued
             reactor.iterate(0)
         for c in clients:
             assert c.recv(5) == b"hello"
-    finally:
-        for c in clients:
-            c.close()
-        for p in made:
-            p.transport.abortConnection()
-        reactor.iterate(0)
-        reactor.disconnectAll()
 
 
 def test_a_stop_at_max_connections_accepts_what_the_kernel_queued_too() -> None:
@@ -211,20 +221,12 @@ def test_a_stop_at_max_connections_accepts_what_the_kernel_queued_too() -> None:
     port = open_listener(reactor, "tcp:0:interface=127.0.0.1", Factory.forProtocol(Hello), reuse_port=True)
     cap = ConnectionCap(reactor, limit=1)
     cap.watch(port)
-    clients = [socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5) for _ in range(4)]
-    try:
+    with queued(reactor, port, 4, made):
         port.doRead()  # the reactor's turn: one accepted, then the cap
         assert len(made) == 1 and cap.full
         cap.set_limit(0)
         stop_listening(port)
         assert len(made) == 4
-    finally:
-        for c in clients:
-            c.close()
-        for p in made:
-            p.transport.abortConnection()
-        reactor.iterate(0)
-        reactor.disconnectAll()
 
 
 # -- pairs and connections in a drain, with the in-memory harness of test_websocket -------------
