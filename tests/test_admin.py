@@ -89,6 +89,8 @@ def test_health_readiness_status_and_metrics(demo: UpstreamProcess, start_relay:
     assert 'wsrelay_reloads_total{result="ok"} 0.0' in metrics
     assert 'wsrelay_limit_refusals_total{limit="limit_conn"} 0.0' in metrics
     assert re.search(r"^wsrelay_client_connections [1-9]", metrics, re.M)  # the pair's client, at least
+    assert re.search(r"^wsrelay_memory_trims_total \d", metrics, re.M)  # glibc here (wsrelay.memory)
+    assert re.search(r"^wsrelay_memory_trim_seconds_total \d", metrics, re.M)
 
 
 def test_readiness_names_a_group_without_a_server_and_a_drain(

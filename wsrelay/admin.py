@@ -51,6 +51,7 @@ class State(Protocol):
     last_reload: float | None
     gateway: Any
     connections: Any  # capacity.ConnectionCap
+    heap: Any  # memory.HeapTrimmer
 
     reactor: Any
 
@@ -124,6 +125,12 @@ class _Collector:
         yield from families.websocket(metrics.websocket)
         yield from families.tls(metrics.tls)
         yield from families.protection(state.gateway.limits, state.connections, state.gateway.websocket.rate_closes)
+        heap = state.heap
+        if heap.available:
+            yield CounterMetricFamily("wsrelay_memory_trims", "Free C heap pages handed back to the system "
+                                      "(malloc_trim, every memory_trim_interval)", value=heap.trims)
+            yield CounterMetricFamily("wsrelay_memory_trim_seconds", "Time spent handing free C heap pages back",
+                                      value=heap.seconds)
         reloads = CounterMetricFamily("wsrelay_reloads", "Configuration reloads by result", labels=["result"])
         for result, count in state.reloads.items():
             reloads.add_metric([result], count)

@@ -43,6 +43,7 @@ from wsrelay.config import Config, ConfigError, Listener
 from wsrelay.drain import drain, stop_listening, stop_time
 from wsrelay.gateway import Gateway, check_access_log
 from wsrelay.listeners import open_listener
+from wsrelay.memory import HeapTrimmer
 from wsrelay.site import RelaySite
 from wsrelay.sticky import load_key
 from wsrelay.systemd import Notifier
@@ -188,6 +189,8 @@ class RelayService(MultiService):
         self._previous_sighup: Any = None
         self.connections = ConnectionCap(reactor)  # max_connections, and accepting at EMFILE
         self.connections.configure(config.max_connections, self._worker_label)
+        self.heap = HeapTrimmer(reactor, config.memory_trim_interval)  # glibc's free pages back
+        self.heap.setServiceParent(self)
 
     @property
     def _worker_label(self) -> str:
@@ -368,6 +371,7 @@ class RelayService(MultiService):
             self.sites[key].use(listener)  # redirect, redirect_port, hsts_max_age
         self.gateway.apply(new, access_log, sticky)
         self.connections.configure(new.max_connections, self._worker_label)
+        self.heap.configure(new.memory_trim_interval)
         self.reloads["ok"] += 1
         self.last_reload = self.loaded_at = time.time()
         self.log.info("configuration reloaded from {path}: {routes} routes, {upstreams} upstream groups{worker}",

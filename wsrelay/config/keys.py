@@ -114,6 +114,14 @@ def _drain_spread(text: str) -> float:
     return value
 
 
+def _trim_interval(text: str) -> float | None:
+    """``memory_trim_interval``: off, or a duration from 1 s to an hour."""
+    value = V.parse_optional_duration(text)
+    if value is not None and not 1 <= value <= 3600:
+        raise ValueError(f"{text!r} is out of range (1s to 1h, or off)")
+    return value
+
+
 def _global_keys(base: str) -> dict[str, _Key]:
     return {
         "listen": (V.endpoints, ""),
@@ -125,6 +133,7 @@ def _global_keys(base: str) -> dict[str, _Key]:
         "drain_timeout": (V.parse_duration, "10s"),
         "ws_drain_spread": (_drain_spread, "5s"),
         "reuse_port": (V.parse_bool, "on"),
+        "memory_trim_interval": (_trim_interval, "10s"),
         "max_request_line": (V.parse_size, "8K"),
         "max_header_size": (V.parse_size, "16K"),
         "log_format": (V.choice("text", "json"), "text"),

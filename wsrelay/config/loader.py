@@ -195,6 +195,7 @@ class _Builder:
             log_format=glob["log_format"],
             limit_req_clients=glob["limit_req_clients"],
             ws_drain_spread=glob["ws_drain_spread"],
+            memory_trim_interval=glob["memory_trim_interval"],
             reuse_port=glob["reuse_port"],
             max_connections=glob["max_connections"],
             access_log_format=glob["access_log_format"],

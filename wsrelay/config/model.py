@@ -225,3 +225,4 @@ class Config:
     max_connections: int | None = None  # client connections per process; None: auto (RLIMIT_NOFILE); 0: no cap
     access_log_format: str = "combined"  # or json
     trust_request_id: bool = False  # keep a valid X-Request-ID from the client (wsrelay.requestid)
+    memory_trim_interval: float | None = 10.0  # give the C heap's free pages back (wsrelay.memory); None: off
