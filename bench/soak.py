@@ -43,6 +43,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import memprobe
 import procstat
 import soakreport
 
@@ -248,6 +249,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=10.0, help="length of the load (default 10; 1 checks the harness)")
     p.add_argument("--interval", type=float, default=10.0, help="seconds between samples (default 10)")
+    p.add_argument("--memprobe", choices=("off", "on", "trace"), default="off",
+                   help="sample the proxy's memory from inside (memprobe/sitecustomize.py): on, or trace "
+                        "(tracemalloc too, slow); results in soak-<timestamp>-memprobe.jsonl")
     bench.add_common_args(p)
     args = p.parse_args(argv)
     if args.no_pin or len(os.sched_getaffinity(0)) < 2:
@@ -262,6 +266,7 @@ def main(argv: list[str]) -> int:
             print(f"soak: {tool} not found (run sh bench/run.sh soak, which installs it)", file=sys.stderr)
             return 2
     stamp, workdir, _ = bench.prepare(args, "soak")
+    probe = memprobe.enable(args.memprobe, os.path.join(args.out, f"soak-{stamp}-memprobe.jsonl"))
     procs = bench.Procs(workdir)
     soak = Soak(args, workdir, procs)
     info = bench.meta(args)
@@ -300,6 +305,11 @@ def main(argv: list[str]) -> int:
         f.write(text)
     print()
     print(text)
+    if probe:
+        text = memprobe.summary(probe, warmup_s=args.minutes * 60 / 5)
+        print(text)
+        with open(os.path.join(args.out, f"soak-{stamp}.txt"), "a") as f:
+            f.write("\n" + text)
     print(f"results: {json_path} and .txt; logs: {logs}/")
     if status == 0 and not data["verdicts"]["all_held"]:
         status = 1

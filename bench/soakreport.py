@@ -163,6 +163,15 @@ def summarise(*, meta: dict[str, Any], run: dict[str, Any], samples: list[dict[s
             head = statistics.median(s["rss_kib"] for s in after[:3])
             tail = statistics.median(s["rss_kib"] for s in after[-3:])
             rss["growth_median3_pct"] = round(100.0 * (tail - head) / head, 2)
+        # the verdict's: the median of the first and of the last minute after the warm-up (six
+        # samples each), so that the sawtooth of memory_trim_interval (RSS falls at each trim and
+        # climbs back until the next) does not decide it by the phase of one sample
+        n = min(6, len(after) // 2)
+        if n:
+            head = statistics.median(s["rss_kib"] for s in after[:n])
+            tail = statistics.median(s["rss_kib"] for s in after[-n:])
+            rss["growth_minute_pct"] = round(100.0 * (tail - head) / head, 2)
+            rss["min_kib"] = min(s["rss_kib"] for s in after)
     accounting = account(client, upstream, set(run.get("left_open", [])))
     err_classes: Counter[str] = Counter()
     err_outside: list[dict[str, Any]] = []
@@ -176,8 +185,9 @@ def summarise(*, meta: dict[str, Any], run: dict[str, Any], samples: list[dict[s
     drain = run.get("drain", {})
     cpu = [s.get("proxy_cpu_pct", 0.0) for s in load]
     others = [s.get("others_pct", 0.0) for s in load]
+    growth = rss.get("growth_minute_pct", rss.get("growth_pct"))
     verdicts = {
-        "rss_growth_under_5pct": bool(rss) and rss["growth_pct"] is not None and rss["growth_pct"] < 5.0,
+        "rss_growth_under_5pct": growth is not None and growth < 5.0,
         "fds_back_to_baseline": bool(drain) and drain["end_fds"] <= drain["base_fds"],
         "no_unexpected_log_record": all(c["expected"] for c in logs),
         "no_error_outside_restarts": not err_outside,
@@ -207,8 +217,9 @@ def render(d: dict[str, Any]) -> str:
         "",
         (f"RSS: {rss.get('base_kib', 0) / 1024:.1f} MiB before the load, {rss.get('after_warmup_kib', 0) / 1024:.1f} "
         f"after the warm-up, {rss.get('end_of_load_kib', 0) / 1024:.1f} at the end of the load "
-        f"(growth {rss.get('growth_pct')} %, medians of 3 samples: {rss.get('growth_median3_pct')} %), "
-        f"max {rss.get('max_kib', 0) / 1024:.1f}"),
+        f"(growth {rss.get('growth_pct')} %, medians of 3 samples: {rss.get('growth_median3_pct')} %, medians of "
+        f"the first and last minute: {rss.get('growth_minute_pct')} %, the verdict's), "
+        f"min {rss.get('min_kib', 0) / 1024:.1f}, max {rss.get('max_kib', 0) / 1024:.1f}"),
         (f"Descriptors: {drain.get('base_fds')} before the load, {drain.get('end_fds')} at the end "
         f"({drain.get('seconds')} s after the load stopped)"),
         (f"wsrelay CPU: median {d['cpu_pct']['median']} %, max {d['cpu_pct']['max']} % of a core; other processes on "
