@@ -89,24 +89,24 @@ class _TLS:
         """
         if not self.needed(config):
             return _Prepared(lambda only_new=False: None, ())
-        from wsrelay import tls
+        from wsrelay.tls import server, upstream
 
-        certs = tls.load_each(config.certificates, config.path, previous=self.loaded)
+        certs = server.load_each(config.certificates, config.path, previous=self.loaded)
         if strict and certs.problems:
             raise next(iter(certs.problems.values()))
-        built = tls.server_contexts(config, certs.loaded, certs.problems)
-        upstream_tls = tls.load_upstream_tls(config)
+        built = server.server_contexts(config, certs.loaded, certs.problems)
+        upstream_tls = upstream.load_upstream_tls(config)
 
         def commit(only_new: bool = False) -> None:
             for name, contexts in built.items():
                 if name not in self.contexts:
-                    self.contexts[name] = tls.ServerContexts(contexts)
+                    self.contexts[name] = server.ServerContexts(contexts)
                 elif not only_new:
                     self.contexts[name].use(contexts)
             if not only_new:
-                tls.use_upstream_tls(upstream_tls)
+                upstream.use_upstream_tls(upstream_tls)
                 self.loaded = dict(certs.loaded)
-                tls.report(certs)
+                server.report(certs)
 
         return _Prepared(commit, certs.warnings)
 

@@ -39,7 +39,7 @@ from wsrelay.http import rules
 from wsrelay.http.chunked import ChunkedDecoder
 from wsrelay.http.deadline import Deadline
 from wsrelay.http.wire import Writer, no_delay
-from wsrelay.tls import is_tls_error
+from wsrelay.tls.server import is_tls_error
 
 log = Logger()
 
