@@ -290,7 +290,7 @@ ws_allowed_origins = https://B\u00fccher.example:8443
 
 
 def V_is_ip(text: str) -> bool:
-    from wsrelay.values import is_ip
+    from wsrelay.config.hosts import is_ip
 
     return is_ip(text)
 

@@ -20,8 +20,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsrelay import values as V
 from wsrelay.config import Config, ConfigError, Server, Upstream
+from wsrelay.config.hosts import is_ip
 
 _log = Logger()
 
@@ -47,7 +47,7 @@ class _Unverified:
 
     def __init__(self, hostname: str) -> None:
         self._options = tssl.CertificateOptions(verify=False, acceptableProtocols=[b"http/1.1"])
-        self._sni = None if V.is_ip(hostname) else hostname.encode("ascii")  # A-labels (values.py)
+        self._sni = None if is_ip(hostname) else hostname.encode("ascii")  # A-labels (config.hosts)
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection = SSL.Connection(self._options.getContext(), None)
