@@ -24,7 +24,7 @@ setup(
         "pyOpenSSL>=25.3",
         "service-identity>=24.1",
         "attrs>=23.1",
-        "idna>=3.0",  # wsrelay.values: configured names to A-labels, as Twisted encodes them
+        "idna>=3.0",  # wsrelay.config.hosts: configured names to A-labels, as Twisted encodes them
         # wsrelay.http: request heads parsed by llhttp (strict, C speed), kept by the uvicorn project
         "httptools>=0.6",
         # wsrelay.admin: the Prometheus text format and its process collector, as every exporter

@@ -259,7 +259,7 @@ def test_route_wire_values_are_refused_at_load(line: str, key: str, words: str) 
 def test_wire_values_are_converted_once_to_ascii() -> None:
     """International names become IDNA A-labels, IPv6 literals their compressed form, a
     non-ASCII health-check path is percent-encoded as UTF-8; so every name is ASCII bytes and a
-    valid TLS server name (what httpproxy, healthcheck and tls.py do with them cannot fail)."""
+    valid TLS server name (what httpproxy, healthcheck and wsrelay.tls do with them cannot fail)."""
     from twisted.internet import ssl
 
     cfg = parse(MINIMAL + """
@@ -290,7 +290,7 @@ ws_allowed_origins = https://B\u00fccher.example:8443
 
 
 def V_is_ip(text: str) -> bool:
-    from wsrelay.values import is_ip
+    from wsrelay.config.hosts import is_ip
 
     return is_ip(text)
 

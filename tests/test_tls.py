@@ -19,7 +19,7 @@ from tests.certs import CA
 from tests.support import RelayProcess, UpstreamProcess, write_config
 from wsrelay import config as configmod
 from wsrelay.config import ConfigError
-from wsrelay.tls import load_certificates
+from wsrelay.tls.server import load_certificates
 
 
 @pytest.fixture
@@ -529,7 +529,7 @@ retries = 0
         assert not [l for l in relay.output.lines if "Traceback" in l]
     finally:
         upstream.stop()
-    from wsrelay.tls import UpstreamTLS
+    from wsrelay.tls.upstream import UpstreamTLS
 
     group, server = cfg.upstreams["secure"], cfg.upstreams["secure"].servers[0]
     # Without a configuration load, a CA file that cannot be read fails verification, not the call.
@@ -577,7 +577,7 @@ def test_one_bad_certificate_is_left_out_and_named(ca: CA, tmp_path: Path) -> No
     first usable one); a listener with no usable certificate is an error naming the certificate."""
     import datetime
 
-    from wsrelay.tls import SNIContexts, load_each, server_contexts
+    from wsrelay.tls.server import SNIContexts, load_each, server_contexts
 
     good_cert, good_key = ca.leaf("good", "good.test")
     old_cert, old_key = ca.leaf("old", "old.test", expired=True)
@@ -621,7 +621,7 @@ redirect = 301
 
 def test_open_private_keys_get_a_warning(ca: CA, tmp_path: Path) -> None:
     """A private key file its group or others can access gets one warning naming it and its mode."""
-    from wsrelay.tls import load_each
+    from wsrelay.tls.server import load_each
 
     cert, key = ca.leaf("a", "a.test")
     cfg = certificate_config(cert, key)

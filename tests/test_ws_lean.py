@@ -19,7 +19,7 @@ from tests.test_websocket import Harness, RawClient, RawUpstream, frame, handsha
 from tests.test_ws_masks import masked_frames
 from wsrelay.errors import CLOSE_INVALID_PAYLOAD, CLOSE_MESSAGE_TOO_BIG, CLOSE_PROTOCOL_ERROR
 from wsrelay.metrics import HopCounters
-from wsrelay.websocket.frames import FrameReader
+from wsrelay.websocket.reader import FrameReader
 from wsrelay.websocket.lean import LeanLeg
 
 #: Objects one open, idle lean pair may keep alive of its own (measured: 44 on CPython 3.11).

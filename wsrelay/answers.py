@@ -34,6 +34,16 @@ def answer_error(request: Request, error: ProxyError, *, close: bool = False) ->
     return body
 
 
+def error_response(error: ProxyError) -> bytes:
+    """The whole response for ``error``, for a connection closed after it: a refusal the channel
+    writes itself, before (or instead of) twisted.web's request."""
+    head = [b"HTTP/1.1 %d %s" % (error.status, error.reason.encode("ascii")),
+            b"Content-Type: text/plain; charset=utf-8", b"Content-Length: %d" % len(error.body),
+            b"Cache-Control: no-store", b"Connection: close"]
+    head += [name + b": " + value for name, value in error.headers.items()]
+    return b"\r\n".join(head) + b"\r\n\r\n" + error.body
+
+
 def answer_redirect(request: Request, status: int, location: bytes) -> bytes:
     """A 301/308 to ``location`` with a one-line body."""
     request.setResponseCode(status)

@@ -2,7 +2,7 @@
 
 An IP literal connects directly (no resolver round trip, no thread); a host name goes through
 ``HostnameEndpoint`` (happy eyeballs over every address).  ``https://`` servers are wrapped in TLS
-with the group's verification settings (``wsrelay.tls.client_creator``).  The connect timeout
+with the group's verification settings (``wsrelay.tls.upstream.client_creator``).  The connect timeout
 is judged after the reactor has read what arrived (``wsrelay.timers.connect_within``), so a
 server that answered while wsrelay was held up is not taken for one that did not.
 """
@@ -42,9 +42,9 @@ def upstream_endpoint(reactor: Any, upstream: Upstream, server: Server, timeout:
         kind = TCP6ClientEndpoint if version == 6 else TCP4ClientEndpoint
         endpoint = kind(reactor, server.host, server.port, timeout=backstop)
     if server.tls:
-        from wsrelay import tls
+        from wsrelay.tls.upstream import client_creator
 
-        endpoint = wrapClientTLS(tls.client_creator(upstream, server), endpoint)
+        endpoint = wrapClientTLS(client_creator(upstream, server), endpoint)
     return _Within(reactor, endpoint, timeout)
 
 

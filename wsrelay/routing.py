@@ -23,7 +23,7 @@ from urllib.parse import unquote_to_bytes
 
 from wsrelay.config import Route
 from wsrelay.errors import BadRequest
-from wsrelay.values import ip_literal
+from wsrelay.config.hosts import ip_literal
 
 #: A request target is visible ASCII (RFC 9112 section 3.2; RFC 3986 has no other characters).
 _VISIBLE = re.compile(rb"[\x21-\x7e]+")
@@ -146,7 +146,7 @@ _READINGS: tuple[tuple[str, Callable[[bytes], bytes]], ...] = (
 
 def normalize_host(host: bytes | str | None) -> str | None:
     """The host name of a ``Host`` header value, lower-case and without port or trailing dot;
-    an IPv6 literal in the form route ``host`` patterns are stored in (``values.ip_literal``:
+    an IPv6 literal in the form route ``host`` patterns are stored in (``config.hosts.ip_literal``:
     compressed, no brackets), so ``[0:0::1]:80`` matches ``host = [::1]``."""
     if host is None:
         return None

@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.error import CannotListenError
@@ -47,6 +46,7 @@ from wsrelay.memory import HeapTrimmer
 from wsrelay.site import RelaySite
 from wsrelay.sticky import load_key
 from wsrelay.systemd import Notifier
+from wsrelay.tls.state import TLSState
 from wsrelay.workers import Workers
 
 
@@ -68,61 +68,11 @@ def _url(port: IListeningPort, listener: Listener | None) -> str:
     return f"{scheme}://{shown}:{address.port}/"
 
 
-class _TLS:
-    """Per-listener TLS server contexts, the certificates in service and the upstream CA files,
-    loaded from the config (imported lazily: pyOpenSSL)."""
-
-    def __init__(self) -> None:
-        self.contexts: dict[str, Any] = {}
-        self.loaded: dict[str, Any] = {}  # certificate name -> LoadedCertificate in service
-
-    @staticmethod
-    def needed(config: Config) -> bool:
-        return any(l.tls for l in config.listeners) or any(
-            u.tls_ca or any(s.tls for s in u.servers) for u in config.upstreams.values())
-
-    def prepare(self, config: Config, strict: bool = False) -> _Prepared:
-        """Load every certificate and CA file of ``config`` and build its contexts; return what
-        puts them in service (``commit(only_new)``: only contexts for listeners that have none).
-
-        A bad certificate is left out (its running version kept, if valid) and logged at commit;
-        ``strict`` (``--check``) makes it an error.  Raises ConfigError before anything changes.
-        """
-        if not self.needed(config):
-            return _Prepared(lambda only_new=False: None, ())
-        from wsrelay import tls
-
-        certs = tls.load_each(config.certificates, config.path, previous=self.loaded)
-        if strict and certs.problems:
-            raise next(iter(certs.problems.values()))
-        built = tls.server_contexts(config, certs.loaded, certs.problems)
-        upstream_tls = tls.load_upstream_tls(config)
-
-        def commit(only_new: bool = False) -> None:
-            for name, contexts in built.items():
-                if name not in self.contexts:
-                    self.contexts[name] = tls.ServerContexts(contexts)
-                elif not only_new:
-                    self.contexts[name].use(contexts)
-            if not only_new:
-                tls.use_upstream_tls(upstream_tls)
-                self.loaded = dict(certs.loaded)
-                tls.report(certs)
-
-        return _Prepared(commit, certs.warnings)
-
-
-@attrs.frozen
-class _Prepared:
-    commit: Callable[..., None]
-    warnings: tuple[str, ...]
-
-
 def check(config: Config) -> list[str]:
     """What ``--check`` verifies beyond parsing, short of listening: the TLS files (every
     certificate, strictly) and cipher lists, the upstream CA files, the access log, the sticky
     secret file.  Raises ConfigError; changes nothing.  Returns the warnings a start would log."""
-    warnings = list(_TLS().prepare(config, strict=True).warnings)
+    warnings = list(TLSState().prepare(config, strict=True).warnings)
     check_access_log(config)
     _, cap_line = sizing(config.max_connections, descriptor_limit())
     if cap_line is not None and config.max_connections is not None:  # a cap RLIMIT_NOFILE cannot hold
@@ -180,7 +130,7 @@ class RelayService(MultiService):
         self.workers: Workers | None = None
         self.loader = loader
         self.handle_signals = handle_signals
-        self._tls = _TLS()
+        self._tls = TLSState()
         self._tls.prepare(config).commit()
         self.gateway = Gateway(reactor, config)
         self.ports: dict[tuple[str, str], IListeningPort] = {}

@@ -3,6 +3,9 @@
 - :mod:`wsrelay.config.model`: the objects (``Config``, ``Listener``, ``Upstream``, ``Route``...)
   and ``ConfigError``;
 - :mod:`wsrelay.config.keys`: which keys each section takes, their parsers and defaults;
+- :mod:`wsrelay.config.values`, :mod:`~wsrelay.config.hosts`, :mod:`~wsrelay.config.paths`: the
+  parsers of single values (durations, sizes, choices...; host names, addresses, networks; paths,
+  endpoints, file names);
 - :mod:`wsrelay.config.loader`: ``load`` and ``parse``, the cross-checks between sections.
 
 Invariants: nothing here touches sockets, files other than the one being parsed, or the reactor;

@@ -11,7 +11,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from wsrelay import values as V
+from wsrelay.config import hosts, paths
+from wsrelay.config import values as V
 from wsrelay.config.model import Server
 
 # --------------------------------------------------------------------------------------------
@@ -28,7 +29,7 @@ def _server(text: str, is_default_scheme: str = "http") -> Server:
     m = re.match(r"^(\[[^\]/]*\]|[^:\[\]/]+):(\d{1,5})$", address)
     if not m:
         raise ValueError(f"{words[0]!r} is not host:port (or [ipv6]:port, optionally https://...)")
-    host, port = V.server_host(m.group(1)), int(m.group(2))  # ASCII: A-labels, canonical IPv6
+    host, port = hosts.server_host(m.group(1)), int(m.group(2))  # ASCII: A-labels, canonical IPv6
     if not 1 <= port <= 65535:
         raise ValueError(f"{words[0]!r}: port {port} is out of range (1 to 65535)")
     options: dict[str, Any] = {}
@@ -124,8 +125,8 @@ def _trim_interval(text: str) -> float | None:
 
 def _global_keys(base: str) -> dict[str, _Key]:
     return {
-        "listen": (V.endpoints, ""),
-        "access_log": (V.access_log(base), "-"),
+        "listen": (paths.endpoints, ""),
+        "access_log": (paths.access_log(base), "-"),
         "access_log_format": (V.choice("combined", "json"), "combined"),
         "trust_request_id": (V.parse_bool, "off"),
         "workers": (V.workers, "1"),
@@ -142,8 +143,8 @@ def _global_keys(base: str) -> dict[str, _Key]:
         "client_body_timeout": (V.parse_duration, "60s"),
         "keepalive_timeout": (V.parse_duration, "75s"),
         "sticky_secret": (V.secret, ""),
-        "sticky_secret_file": (V.file_path(base), ""),
-        "trusted_proxies": (V.trusted_proxies, "off"),
+        "sticky_secret_file": (paths.file_path(base), ""),
+        "trusted_proxies": (hosts.trusted_proxies, "off"),
         # Defaults of the routes' limits, and the most client buckets each route keeps.
         "limit_conn": (V.limit_count, "off"),
         "limit_req_rate": (V.request_rate, "off"),
@@ -154,7 +155,7 @@ def _global_keys(base: str) -> dict[str, _Key]:
 
 def _listener_keys(base: str) -> dict[str, _Key]:
     return {
-        "endpoint": (V.endpoint, None),
+        "endpoint": (paths.endpoint, None),
         "tls": (V.parse_bool, "off"),
         "certificates": (V.words, ""),
         "default_certificate": (lambda t: None if t.strip().lower() in {"", "none", "refuse"} else t.strip(), ""),
@@ -165,16 +166,16 @@ def _listener_keys(base: str) -> dict[str, _Key]:
         "redirect_port": (V.int_range(1, 65535), ""),
         "proxy_protocol": (V.parse_bool, "off"),
         "underscores_in_headers": (V.parse_bool, ""),  # empty: the [wsrelay] setting
-        "trusted_proxies": (V.trusted_proxies, ""),  # empty: the [wsrelay] setting
+        "trusted_proxies": (hosts.trusted_proxies, ""),  # empty: the [wsrelay] setting
     }
 
 
 def _certificate_keys(base: str) -> dict[str, _Key]:
     return {
-        "cert": (V.file_path(base), None),
-        "key": (V.file_path(base), None),
+        "cert": (paths.file_path(base), None),
+        "key": (paths.file_path(base), None),
         "password": (V.password, ""),
-        "hosts": (V.host_patterns, ""),
+        "hosts": (hosts.host_patterns, ""),
     }
 
 
@@ -186,7 +187,7 @@ def _upstream_keys(base: str) -> dict[str, _Key]:
         "max_fails": (V.int_range(0, 1000), "1"),
         "fail_timeout": (V.parse_duration, "10s"),
         "fail_statuses": (V.status_set, "off"),
-        "health_check": (V.health_check, "off"),
+        "health_check": (paths.health_check, "off"),
         "health_interval": (V.parse_duration, "5s"),
         "health_timeout": (V.parse_duration, "2s"),
         "health_rise": (V.int_range(1, 100), "2"),
@@ -194,24 +195,24 @@ def _upstream_keys(base: str) -> dict[str, _Key]:
         "keepalive": (V.int_range(0, 10_000), "16"),
         "max_response_header_size": (V.parse_size, "64K"),
         "tls_verify": (V.parse_bool, "on"),
-        "tls_ca": (V.file_path(base), ""),
-        "tls_server_name": (V.tls_server_name, ""),
+        "tls_ca": (paths.file_path(base), ""),
+        "tls_server_name": (hosts.tls_server_name, ""),
     }
 
 
 def _admin_keys(base: str) -> dict[str, _Key]:
     return {
-        "endpoint": (lambda t: None if t.strip().lower() in {"", "off", "none"} else V.endpoint(t), "off"),
-        "allow": (V.networks, ""),
+        "endpoint": (lambda t: None if t.strip().lower() in {"", "off", "none"} else paths.endpoint(t), "off"),
+        "allow": (hosts.networks, ""),
     }
 
 
 def _route_keys(base: str) -> dict[str, _Key]:
     return {
-        "path": (V.route_path, ""),
-        "host": (V.host_patterns, ""),
+        "path": (paths.route_path, ""),
+        "host": (hosts.host_patterns, ""),
         "upstream": (lambda t: t.strip(), ""),
-        "host_header": (V.host_header, "pass"),
+        "host_header": (hosts.host_header, "pass"),
         "max_body_size": (V.parse_size, "16M"),
         "connect_timeout": (V.parse_duration, "5s"),
         "read_timeout": (V.parse_duration, "60s"),
@@ -230,7 +231,7 @@ def _route_keys(base: str) -> dict[str, _Key]:
         "ws_max_frame_size": (V.parse_size, "16M"),
         "ws_max_message_rate": (_message_rate, "off"),
         "ws_message_burst": (V.int_range(1, 1_000_000), ""),
-        "ws_allowed_origins": (V.origins, "*"),
+        "ws_allowed_origins": (hosts.origins, "*"),
         "ws_require_origin": (V.parse_bool, "off"),
         "ws_handshake_timeout": (V.parse_duration, "10s"),
         "ws_compression": (V.parse_bool, "on"),

@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from wsrelay import values as V
+from wsrelay.config import paths
 from wsrelay.config.keys import (
     _SECTION_KINDS,
     _UNNAMED,
@@ -288,7 +288,7 @@ class _Builder:
             path, exact = v["path"]
         else:
             try:
-                path, exact = V.route_path(name)
+                path, exact = paths.route_path(name)
             except ValueError:
                 raise self.error(section, "path", f"[route {name}] does not name a path: give 'path = /...'") from None
         upstream = v["upstream"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from wsrelay import values as V
+from wsrelay.config import hosts
 
 DEFAULT_PATH = "etc/relay.ini"
 
@@ -53,7 +53,7 @@ class Server:
     _hostport: str = attrs.field(init=False, eq=False, repr=False, default="")
 
     def __attrs_post_init__(self) -> None:
-        hostport = f"{V.host_for_url(self.host)}:{self.port}"
+        hostport = f"{hosts.host_for_url(self.host)}:{self.port}"
         object.__setattr__(self, "_hostport", hostport)
         object.__setattr__(self, "_key", f"{self.scheme}://{hostport}")
 

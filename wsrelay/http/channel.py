@@ -23,23 +23,22 @@ Invariants:
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import httptools
-from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from wsrelay import requestid
-from wsrelay.accesslog import Entry
+from wsrelay.answers import error_response
 from wsrelay.errors import BadRequest, HeaderFieldsTooLarge, ProxyError, RequestTimeout, URITooLong
 from wsrelay.http import rules
 from wsrelay.http.chunked import ChunkedDecoder
 from wsrelay.http.deadline import Deadline
+from wsrelay.http.request import log_early_refusal
+from wsrelay.http.webchannel import WebChannel
 from wsrelay.http.wire import Writer, no_delay
-from wsrelay.tls import is_tls_error
+from wsrelay.tls.server import is_tls_error
 
 log = Logger()
 
@@ -48,8 +47,9 @@ _EMPTY_LINES = re.compile(rb"(?:\r\n)*")
 
 
 @implementer(IHandshakeListener)
-class RelayChannel(Protocol):
-    """What ``twisted.web.server.Request`` needs from a channel, over wsrelay's own parser."""
+class RelayChannel(WebChannel):
+    """What ``twisted.web.server.Request`` needs from a channel, over wsrelay's own parser (the
+    calls of the response's side are :class:`~wsrelay.http.webchannel.WebChannel`'s)."""
 
     def __init__(self, site: Any, config: Any) -> None:
         self.site = self.factory = site
@@ -74,46 +74,15 @@ class RelayChannel(Protocol):
         self._remaining = 0  # Content-Length bytes still to come
         self._chunked: ChunkedDecoder | None = None
         self._deadline = Deadline(self.reactor)
-        self._host: Any = None
-        self._peer: Any = None
 
     # -- connection ----------------------------------------------------------------------------
 
-    _writer: Writer | None = None
     _tls_done = False  # a TLS listener's handshake completed on this connection
-    _head_out = b""  # a response head held until the body bytes that follow it in the same call
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
         self._writer = Writer(self.transport)
         self._set_timer(self.header_timeout, self._head_timed_out)
-
-    def _send(self, data: bytes) -> None:
-        if self._head_out:
-            data, self._head_out = self._head_out + data, b""
-        writer = self._writer
-        if writer is not None:
-            writer.write(data)
-        elif self.transport is not None:
-            self.transport.write(data)
-
-    def flush_head(self) -> None:
-        """Send a held response head (the request's ``write`` calls this when it returns)."""
-        if self._head_out:
-            self._send(b"")
-
-    def getPeer(self) -> Any:
-        if self._peer is None:
-            self._peer = self.transport.getPeer()
-        return self._peer
-
-    def getHost(self) -> Any:
-        if self._host is None:
-            self._host = self.transport.getHost()
-        return self._host
-
-    def isSecure(self) -> bool:
-        return ISSLTransport.providedBy(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.state == _HANDLING:
@@ -319,37 +288,6 @@ class RelayChannel(Protocol):
             else:
                 self._feed(data)
 
-    # -- what twisted.web.server.Request calls ------------------------------------------------
-
-    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
-        request = self.request
-        lines = [version, b" ", code, b" ", reason, b"\r\n", getattr(request, "wsrelay_fields", b"")]
-        codings = getattr(request, "wsrelay_codings", None)  # an upstream's "gzip, chunked"
-        for name, values in headers.getAllRawHeaders():
-            if codings is not None and name.lower() == b"transfer-encoding":
-                values = [codings + b", chunked"]
-            for value in values:
-                lines += (name, b": ", value, b"\r\n")
-        lines.append(b"\r\n")
-        self._head_out = b"".join(lines)
-
-    def write(self, data: bytes) -> None:
-        self._send(data)
-
-    def writeSequence(self, data: list[bytes]) -> None:
-        self._send(b"".join(data))
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.transport.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        if self.transport is not None:
-            self.transport.unregisterProducer()
-
-    def loseConnection(self) -> None:
-        if self.transport is not None:
-            self.transport.loseConnection()
-
     # -- the WebSocket seam ---------------------------------------------------------------------
 
     def detach(self) -> tuple[Any, bytes] | None:
@@ -420,25 +358,14 @@ class RelayChannel(Protocol):
         host = getattr(self.getPeer(), "host", None)  # None: a unix: listener
         peer = host or "-"
         log.info("{client}: {status} ({detail})", client=peer, status=error.status, detail=error.detail)
-        head = [b"HTTP/1.1 %d %s" % (error.status, error.reason.encode("ascii")),
-                b"Content-Type: text/plain; charset=utf-8", b"Content-Length: %d" % len(error.body),
-                b"Cache-Control: no-store", b"Connection: close"]
-        head += [name + b": " + value for name, value in error.headers.items()]
         self._head_out = b""  # a response of the request being refused, never finished
-        self._send(b"\r\n".join(head) + b"\r\n\r\n" + error.body)
+        self._send(error_response(error))
         request = request or self.request
         if request is not None:
             request.log_refusal(error.status, len(error.body))
         else:  # refused on its request line: no request yet, an access-log line all the same
-            self.site.gateway.metrics.http.done(None, self.method, error.status, 0.0, 0, len(error.body))
-            access_log = self.site.gateway.access_log
-            if access_log.enabled:
-                fields = rules.loose_fields(self._head) if self.method is not None else {}
-                access_log.log(Entry(
-                    client=host, when=time.time(), method=self.method or b"-", target=self.target or b"-",
-                    protocol=self.version or b"-", status=error.status, sent=len(error.body),
-                    referer=fields.get(b"referer"), user_agent=fields.get(b"user-agent"), upstream=None,
-                    duration=0.0, request_id=requestid.new_id()))
+            log_early_refusal(self.site.gateway, host, self.method, self.target, self.version, self._head,
+                              error.status, len(error.body))
         self.transport.loseConnection()
 
     def _set_timer(self, seconds: float, call: Any, kind: str = "head") -> None:

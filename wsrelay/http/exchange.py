@@ -2,8 +2,9 @@
 
 Invariants:
 
-- Every way an exchange can end is handled once, here: a response (its lease reports success, or
-  failure for a ``fail_statuses`` status), a connect failure (retried on the next server within
+- Every way an exchange can end is handled once, here (the endings themselves in
+  :mod:`wsrelay.http.endings`): a response (its lease reports success, or failure for a
+  ``fail_statuses`` status), a connect failure (retried on the next server within
   ``retries``/``retry_timeout``, never after bytes of a non-idempotent request were sent), a
   timeout (504; connect, send and read timeouts kept apart), an invalid response (502), an
   upstream that breaks off mid-body (the client connection is aborted: a truncated body is never
@@ -29,11 +30,11 @@ from zope.interface import implementer
 from wsrelay import headers as H
 from wsrelay import requestid
 from wsrelay.accesslog import escape
-from wsrelay.answers import answer_error
 from wsrelay.config import Route, Upstream
 from wsrelay.connect import upstream_endpoint
 from wsrelay.errors import BadGateway, GatewayTimeout, PayloadTooLarge, ProxyError
 from wsrelay.http.deadline import Deadline
+from wsrelay.http.endings import Endings
 from wsrelay.http.request import body_size, client_ip, peer_ip
 from wsrelay.http.response import Response
 from wsrelay.http.upstream import UpstreamFailure, UpstreamProtocol, describe, request_head
@@ -69,8 +70,9 @@ class _Pump:
         self.exchange.client_gone(None)
 
 
-class Exchange:
-    """One proxied request: the handler of an :class:`UpstreamProtocol` request."""
+class Exchange(Endings):
+    """One proxied request: the handler of an :class:`UpstreamProtocol` request (its endings are
+    :class:`~wsrelay.http.endings.Endings`')."""
 
     def __init__(self, proxy: Any, request: Any, route: Route, upstream: Upstream, scheme: str) -> None:
         self.proxy = proxy
@@ -317,7 +319,7 @@ class Exchange:
             self.fail(GatewayTimeout(f"no response within read_timeout {self.route.read_timeout}s"),
                       "read timeout", retryable=False)
 
-    # -- endings -----------------------------------------------------------------------------------
+    # -- what ends it (how it ends: endings.py) ----------------------------------------------------
 
     def client_gone(self, reason: Failure | None) -> None:
         """The client closed its connection before the response was complete."""
@@ -328,14 +330,6 @@ class Exchange:
         self.drop_upstream()
         self.release()
         self.proxy.gateway.closed(self)
-
-    def drop_upstream(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.abandon()
-        connecting, self.connecting = self.connecting, None
-        if connecting is not None:
-            connecting.cancel()
 
     def internal_error(self, reason: Failure) -> None:
         """A failure of wsrelay's own, not the upstream's: one log line, a 500 (or an aborted
@@ -370,47 +364,3 @@ class Exchange:
         log.warn("route {route} upstream {upstream} server {server}: {detail} ({method} {target})",
                  route=self.route.name, upstream=self.upstream.name, server=server, detail=detail,
                  method=escape(self.request.method[:40]), target=escape(self.request.uri[:200]))
-
-    def answer(self, error: ProxyError) -> None:
-        if self.request.startedWriting:  # cannot happen before streaming; never two heads
-            self.abort_client()
-            return
-        self.streaming = False
-        self.request.write(answer_error(self.request, error))
-        self.finish()
-
-    def finish(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.release()
-        self.request.unregisterProducer()
-        self.request.finish()
-        self.proxy.gateway.closed(self)
-
-    def abort_client(self) -> None:
-        """End the client's connection without a clean end of the response."""
-        if self.done:
-            return
-        self.done = True
-        self.release()
-        self.drop_upstream()
-        self.request.unregisterProducer()
-        self.request.code = 502 if not self.request.startedWriting else self.request.code
-        # Flush what was relayed, then close without the terminating chunk: the client sees a body
-        # shorter than its Content-Length (or an unterminated chunked body), never a complete one.
-        transport = self.request.channel.transport
-        if transport is not None:
-            transport.loseConnection()
-        self.proxy.gateway.closed(self)
-
-    def release(self) -> None:
-        self.deadline_timer.stop()
-        if self.lease is not None:
-            self.lease.release()
-            self.lease = None
-
-    def shutdown(self) -> None:
-        """Stopping and the drain time is over: end this exchange now."""
-        self.drop_upstream()
-        self.abort_client()

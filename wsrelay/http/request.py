@@ -4,7 +4,8 @@
   head when ``Content-Length`` says so (before any ``100 Continue``), or while a chunked body
   streams in; the request is then never dispatched.
 - Every request answered over HTTP gets one access-log line when it ends, including those wsrelay
-  answers itself; a WebSocket takeover logs its own line when the pair closes.
+  answers itself (one refused before twisted.web had a request for it: :func:`log_early_refusal`);
+  a WebSocket takeover logs its own line when the pair closes.
 - Every request has an id (:meth:`RelayRequest.request_id`, ``wsrelay.requestid``), made when
   first asked for: by the proxy or the WebSocket handshake, which pass it upstream as
   ``X-Request-ID``, or by the access-log line.
@@ -21,6 +22,7 @@ from twisted.web import server
 from wsrelay import requestid
 from wsrelay.accesslog import Entry
 from wsrelay.errors import BadRequest, PayloadTooLarge, ProxyError
+from wsrelay.http import rules
 from wsrelay.routing import normalize_host, normalize_path
 
 
@@ -35,6 +37,21 @@ def client_ip(request: Any) -> str | None:
     ``wsrelay_client``, ``wsrelay.realip``), else the peer's."""
     derived = getattr(request, "wsrelay_client", None)
     return derived if derived is not None else peer_ip(request)
+
+
+def log_early_refusal(gateway: Any, client: str | None, method: bytes | None, target: bytes | None,
+                      version: bytes | None, head: bytes, status: int, sent: int) -> None:
+    """The metrics and access-log line of a request refused on its request line or head, before
+    twisted.web had a request for it (``Referer`` and ``User-Agent`` read loosely from ``head``)."""
+    gateway.metrics.http.done(None, method, status, 0.0, 0, sent)
+    access_log = gateway.access_log
+    if access_log.enabled:
+        fields = rules.loose_fields(head) if method is not None else {}
+        access_log.log(Entry(
+            client=client, when=time.time(), method=method or b"-", target=target or b"-",
+            protocol=version or b"-", status=status, sent=sent,
+            referer=fields.get(b"referer"), user_agent=fields.get(b"user-agent"), upstream=None,
+            duration=0.0, request_id=requestid.new_id()))
 
 
 def body_size(request: Any) -> int:

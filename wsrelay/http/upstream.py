@@ -326,13 +326,13 @@ class UpstreamProtocol(Protocol):
 
 
 def describe(reason: Any) -> str:
-    """A failure in a few words for a log line (TLS failures explained by ``tls.py``)."""
+    """A failure in a few words for a log line (TLS failures explained by ``wsrelay.tls.upstream``)."""
     if reason is None:
         return "connection lost"
     try:
-        from wsrelay import tls
+        from wsrelay.tls.upstream import describe_tls_failure
 
-        return tls.describe_tls_failure(reason)
+        return describe_tls_failure(reason)
     except Exception:
         return reason.getErrorMessage() or reason.type.__name__
 

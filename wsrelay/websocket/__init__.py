@@ -21,8 +21,8 @@ Order of events for one client (``relay`` mode):
    client's connection over from twisted.web (with any bytes the client pipelined) and complete
    the client's handshake with the subprotocol the upstream chose, the upstream's other 101
    headers and the balancer's ``Set-Cookie``.
-4. Both sides open, the pair leaves Autobahn for the lean path (``lean.py``, ``frames.py``,
-   ``deflate.py`` for permessage-deflate with each hop's own parameters).
+4. Both sides open, the pair leaves Autobahn for the lean path (``lean.py``, ``reader.py``,
+   ``frames.py``, ``deflate.py`` for permessage-deflate with each hop's own parameters).
    Messages flow through :class:`wsrelay.relay.Relay` frame by frame; the closing handshake is end
    to end (a peer's close is answered with the other peer's answer).  A side whose socket
    buffer is full stops wsrelay reading from the other side (back-pressure) and from that side

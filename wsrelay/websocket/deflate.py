@@ -92,7 +92,7 @@ class Deflater:
 
 
 class SteppedInflation:
-    """The inflating part of :class:`~wsrelay.websocket.frames.FrameReader` (its attributes):
+    """The inflating part of :class:`~wsrelay.websocket.reader.FrameReader` (its attributes):
     compressed payload inflated a step of ``chunk`` bytes at a time, each step checked (the
     message limit counts inflated bytes, text is UTF-8 as it comes) and passed on, stopping
     between steps while :meth:`inflate_must_wait`."""

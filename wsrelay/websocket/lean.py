@@ -1,5 +1,5 @@
 """The lean relay path: after both opening handshakes, each connection of a pair is read by a
-:class:`LeanLeg`, a small ``__slots__`` protocol fed by :class:`~wsrelay.websocket.frames.FrameReader`.
+:class:`LeanLeg`, a small ``__slots__`` protocol fed by :class:`~wsrelay.websocket.reader.FrameReader`.
 
 Taken only by pairs with no extension on either hop (a permessage-deflate pair stays on
 Autobahn's legs, see ``pair.py``).  The rules stay :class:`wsrelay.relay.Relay`'s: every event
@@ -7,7 +7,7 @@ goes to it, and only a whole small message whose way is clear comes back as ``No
 now"), so the common case builds no object but the payload.  What this module adds is the wire:
 
 - frames from the client must be masked, from the upstream unmasked (1002 otherwise, see
-  ``frames.py`` for every check and its close code);
+  ``reader.py`` for every check and its close code);
 - a message from the upstream goes to the client as the upstream's own frame bytes when it is a
   whole small message (unmasked on both hops, nothing rebuilt); toward the upstream every frame is
   masked with a fresh key from ``os.urandom`` (:data:`wsrelay.masking.KEYS`, RFC 6455 section
@@ -43,7 +43,8 @@ from wsrelay.relay import CLIENT, Abort, Action, BeginMessage, EndMessage, Relay
 from wsrelay.timers import call_after_reads
 from wsrelay.upgrade import CLOSE_HANDSHAKE_TIMEOUT
 from wsrelay.websocket.deflate import Deflater, Inflater
-from wsrelay.websocket.frames import OP_CLOSE, OP_PING, OP_PONG, FrameReader, close_payload, header, xor
+from wsrelay.websocket.frames import OP_CLOSE, OP_PING, OP_PONG, close_payload, header, xor
+from wsrelay.websocket.reader import FrameReader
 
 log = Logger()
 

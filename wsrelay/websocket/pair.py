@@ -19,12 +19,13 @@ from twisted.web.server import Request
 from wsrelay import headers as H
 from wsrelay.accesslog import WebSocketFigures
 from wsrelay.bucket import TokenBucket
+from wsrelay.clientside import swap_protocol
 from wsrelay.config import Route, Upstream
 from wsrelay.errors import CLOSE_GOING_AWAY, BadGateway
 from wsrelay.flow import OWN_FULL, PEER_FULL, BufferWatch, ReadGate
 from wsrelay.handshake import HANDSHAKE_FIELDS
 from wsrelay.relay import CLIENT, UPSTREAM, Abort, Action, Relay
-from wsrelay.upgrade import Upgrade, swap_protocol
+from wsrelay.upgrade import Upgrade
 from wsrelay.websocket.lean import LeanLeg
 from wsrelay.websocket.legs import ClientLeg, UpstreamLeg, _Leg, _UpstreamFactory, retire
 
