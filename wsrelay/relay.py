@@ -1,6 +1,6 @@
 """The WebSocket relay between two legs, as a pure state machine: events in, actions out.
 
-Nothing here touches sockets, Autobahn or a clock.  ``websocket.py`` feeds each leg's events in
+Nothing here touches sockets, Autobahn or a clock.  ``websocket/`` feeds each leg's events in
 (:meth:`Relay.message_begin`, :meth:`Relay.frame_data`, :meth:`Relay.close_received`, ...) and
 performs the :data:`Action` values each call returns, in order.  The code is direction-agnostic:
 every event names its *source* side, the actions go to the other side, and only

@@ -1,6 +1,6 @@
 """Tunnel mode (``ws_mode = tunnel``): after the upstream's 101, bytes are copied both ways unchanged.
 
-This is what nginx does.  The client's handshake (already validated by ``websocket.py``: version,
+This is what nginx does.  The client's handshake (already validated by ``websocket/``: version,
 key, Origin) goes upstream with its own ``Sec-WebSocket-*`` lines, so the client and the upstream
 negotiate subprotocols and extensions end to end, and the upstream's 101 goes back to the client
 with its hop-by-hop fields removed (``Connection: Upgrade`` and ``Upgrade`` stay: they are the

@@ -1,6 +1,6 @@
 """One WebSocket upgrade, from the client's request to the end of the connection pair.
 
-What a relayed pair (``websocket.py``) and a byte tunnel (``tunnel.py``) share:
+What a relayed pair (``websocket/pair.py``) and a byte tunnel (``tunnel.py``) share:
 
 - the upstream connection: a server from the balancer, the next one when it cannot be reached
   (``retries`` times within ``retry_timeout``), the lease's passive-health verdict (a failure for
@@ -246,7 +246,7 @@ class Upgrade(ClientSide):
                      upstream=self.upstream.name, detail=error.detail)
         self.abort_upstream()
         request = self.request
-        if request.channel is not None and not request.finished and not request._disconnected:
+        if request.channel is not None and not request.finished:  # a lost client's request has no channel
             self.metrics.refused(self.route.name, error.status)
             body = answer_error(request, error)
             if isinstance(error, UpstreamRefusal):

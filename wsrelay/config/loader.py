@@ -9,7 +9,6 @@ certificates exist, every value is in range), so the rest of wsrelay never re-va
 from __future__ import annotations
 
 import configparser
-import math
 import difflib
 import math
 import os

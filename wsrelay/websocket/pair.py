@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from autobahn.websocket.compress import PerMessageCompress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -108,7 +109,7 @@ class Pair(Upgrade):
         rate = ws.max_message_rate if side == CLIENT else None  # the upstream is the operator's own
         leg = LeanLeg(self, side, relay, self.metrics.hop(self.route.name, side), chunk=relay.chunk_size,
                       max_frame=ws.max_frame_size, max_message=ws.max_message_size,
-                      idle=bool(ws.idle_timeout), extension=old._perMessageCompress,  # type: ignore[attr-defined]
+                      idle=bool(ws.idle_timeout), extension=_deflate_in_use(old),
                       limit=TokenBucket(rate, ws.message_burst) if rate else None)
         transport = old.transport  # type: ignore[attr-defined]
         pending = retire(old)
@@ -258,3 +259,11 @@ class Pair(Upgrade):
         by, code = relay.ended_by or (None, None)
         return WebSocketFigures("relay", duration, client.messages_in, client.octets_in,
                                 upstream.messages_in, upstream.octets_in, code, by)
+
+
+def _deflate_in_use(protocol: Any) -> PerMessageCompress | None:
+    """The permessage-deflate parameters a hop's handshake agreed (Autobahn's extensions in use)."""
+    for extension in protocol.websocket_extensions_in_use:
+        if isinstance(extension, PerMessageCompress):
+            return extension
+    return None

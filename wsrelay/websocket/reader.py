@@ -1,8 +1,9 @@
 """An incremental reader of one peer's WebSocket frames (RFC 6455 section 5) for the lean relay
 path.  Pure: nothing here touches sockets, Autobahn or a clock.
 
-:class:`FrameReader` reads one peer's frames after the opening handshake, for a connection with no
-extension negotiated (permessage-deflate pairs stay on Autobahn's path).  Its invariants:
+:class:`FrameReader` reads one peer's frames after the opening handshake; given an ``inflater``
+(permessage-deflate negotiated on that hop, RFC 7692) it inflates compressed messages as they
+arrive.  Its invariants:
 
 - a frame header (2 to 14 bytes) is parsed once, and nothing is built per frame but the payload;
 - a single-frame message of at most ``chunk`` bytes is delivered whole (:meth:`on_message`, with
