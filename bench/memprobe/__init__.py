@@ -39,9 +39,9 @@ def summary(path: str, warmup_s: float) -> str:
         return "memprobe: no samples"
     start = min(rows, key=lambda r: abs(r["t"] - warmup_s))
     end = max((r for r in rows if r["rss_kib"]), key=lambda r: r["t"])
-    keys = ("rss_kib", "py_blocks", "heap_kib", "used_kib", "free_kib", "mmap_kib", "top_kib")
+    keys = ("rss_kib", "brk_rss_kib", "anon_rss_kib", "py_blocks", "heap_kib", "used_kib", "free_kib", "mmap_kib")
     out = ["Memory probe (inside the proxy; KiB but py_blocks, the live blocks of Python's allocator):",
-           f"  {'':<10}" + "".join(f"{k:>12}" for k in ("t",) + keys)]
+           f"  {'':<10}" + "".join(f"{k.replace('_kib', ''):>12}" for k in ("t",) + keys)]
     for label, r in (("warmed up", start), ("last", end)):
         out.append(f"  {label:<10}" + "".join(f"{r.get(k, ''):>12}" for k in ("t",) + keys))
     typed = [r for r in rows if "types" in r]

@@ -5,7 +5,9 @@ Not part of wsrelay.  ``bench/soak.py --memprobe`` puts this directory first on 
 ``WSRELAY_MEMPROBE`` names an output file.  Then a daemon thread appends one JSON line every
 ``WSRELAY_MEMPROBE_EVERY`` seconds (default 10):
 
-* ``rss_kib``: VmRSS; ``py_blocks``: ``sys.getallocatedblocks()`` (live objects of Python's own
+* ``rss_kib``: VmRSS, and by kind of mapping: ``brk_rss_kib`` (glibc's main heap),
+  ``anon_rss_kib`` (Python's object arenas, mmapped blocks, thread arenas), ``file_rss_kib``,
+  ``other_rss_kib``; ``py_blocks``: ``sys.getallocatedblocks()`` (live objects of Python's own
   allocator);
 * glibc's view (``mallinfo2``): ``heap_kib`` (the main and thread arenas, from brk and mmap),
   ``used_kib`` (allocated in them), ``free_kib`` (free in them: fragmentation, or memory not yet
@@ -59,9 +61,27 @@ def _start(out: str) -> None:
                     return int(line.split()[1])
         return 0
 
+    def rss_by_kind() -> dict:
+        """Resident KiB by kind of mapping (/proc/self/smaps): glibc's main heap ([heap], brk),
+        anonymous mappings (Python's 1 MiB object arenas, glibc's mmapped blocks and thread
+        arenas), files (code and libraries), the rest (stacks, vdso)."""
+        kinds = {"brk": 0, "anon": 0, "file": 0, "other": 0}
+        kind = "other"
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                first = line.split(None, 6)
+                if len(first) >= 5 and "-" in first[0] and first[0][0] in "0123456789abcdef" and not line[0].isupper():
+                    name = first[5].strip() if len(first) > 5 else ""
+                    kind = ("brk" if name == "[heap]" else "anon" if not name
+                            else "other" if name.startswith("[") else "file")
+                elif line.startswith("Rss:"):
+                    kinds[kind] += int(line.split()[1])
+        return {f"{k}_rss_kib": v for k, v in kinds.items()}
+
     def sample(t0: float, with_types: bool) -> dict:
         s = {"t": round(time.time() - t0, 1), "rss_kib": rss_kib(), "py_blocks": sys.getallocatedblocks(),
              "gc_counts": gc.get_count()}
+        s.update(rss_by_kind())
         if mallinfo2 is not None:
             m = mallinfo2()
             s.update(heap_kib=m.arena // 1024, used_kib=m.uordblks // 1024, free_kib=m.fordblks // 1024,
