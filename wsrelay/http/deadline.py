@@ -10,8 +10,8 @@ deadline only records when it is due and what to call; one ``DelayedCall`` fires
 itself if the deadline in force is later, and is moved earlier only when a new deadline is sooner.
 
 The call is usually a bound method of the deadline's owner, which holds the deadline: a reference
-cycle.  So a deadline lets go of its call when it is cleared, stopped or made, and an owner that
-ends leaves nothing for CPython's cyclic garbage collector.
+cycle.  So a deadline lets go of its call when it is cleared, stopped or has fired, and an owner
+that ends leaves nothing for CPython's cyclic garbage collector.
 """
 
 from __future__ import annotations
