@@ -11,17 +11,37 @@ arena back (``madvise``), so resident memory follows what is in use.  HAProxy tr
 A trim walks the free lists and gives back what was freed since the last one: well under a
 millisecond for the heaps of a proxy serving hundreds of pairs (the soak's numbers are in
 bench/README.rst).  Where the C library has no ``malloc_trim`` (not glibc) nothing runs.
+
+CPython's cyclic garbage collector: each process sets :data:`COLLECTOR_THRESHOLDS` at start-up
+(:func:`tune_collector`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
+
+
+#: CPython's collector thresholds in a wsrelay process (``gc.set_threshold``): CPython's defaults,
+#: (700, 10, 10), but the third.  A full collection walks every object of every open connection,
+#: and with the default one runs every 10 collections of the middle generation once a quarter of
+#: the heap is new, which a reconnect storm (every pair replaced) reaches again and again: with
+#: 100, 25-28 % less CPU per reconnect in the 9,500-pair storm (bench/README.rst).  Its cost was
+#: memory while a pair's handshake left reference cycles (they waited longer for a collection):
+#: none since (8.5 KiB per idle pair either way); what waits now is Twisted's own cycle of a
+#: closed client connection (tcp.Connector and its transport, about 1 KiB).
+COLLECTOR_THRESHOLDS = (700, 10, 100)
+
+
+def tune_collector() -> None:
+    """Set :data:`COLLECTOR_THRESHOLDS` for this process (every wsrelay process, at start-up)."""
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
 
 
 def find_malloc_trim() -> Callable[[int], int] | None:
