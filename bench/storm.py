@@ -204,9 +204,11 @@ def render(data: dict[str, Any]) -> str:
              ("proxy       opened  open s  RSS MiB  KiB/pair  fds held | storm s  handshakes/s  failed  p50 ms  p99 ms"
              "  CPU s  CPU ms/reconnect  fds after  upstream fds")]
     for name, r in data["results"].items():
+        first = (f"{name:<11} {r['opened']:6d} {r['open_s']:7.2f} {r['held']['rss_kib'] / 1024:8.1f} "
+                 f"{r['kib_per_pair']:9.2f} {r['held']['fds']:9d}") if r.get("storms") else ""
+        blank = " " * len(first)
         for i, s in enumerate(r.get("storms", [])):
-            head = (f"{name:<11} {r['opened']:6d} {r['open_s']:7.2f} {r['held']['rss_kib'] / 1024:8.1f} "
-                    f"{r['kib_per_pair']:9.2f} {r['held']['fds']:9d}" if i == 0 else " " * 61)
+            head = first if i == 0 else blank
             if not s.get("completed", True):
                 lines.append(f"{head} | not all open again within {s['timeout_s']:g} s: {s['open']} open, "
                              f"{s['failed_attempts']} failed attempts {s['errors']}")
@@ -216,7 +218,7 @@ def render(data: dict[str, Any]) -> str:
                          f"{1000 * s['proxy_cpu_s'] / max(s['open'], 1):17.3f} {s['fds_after']:10d} "
                          f"{s['upstream_fds_after']:13d}")
             if s["errors"]:
-                lines.append(f"{'':61}   failed attempts: {s['errors']}")
+                lines.append(f"{blank}   failed attempts: {s['errors']}")
     for p in data["problems"]:
         lines.append(f"PROBLEM [{p['where']}] {p['what']}")
     return "\n".join(lines) + "\n"
