@@ -4,10 +4,12 @@
 Run through ``sh bench/run.sh storm [options]`` (which installs what this needs), or directly::
 
     bench/.venv/bin/python bench/storm.py [--pairs 9500] [--only direct,nginx,wsrelay] [--workers 1]
+                                          [--twistd-alt OTHER_VENV/bin/twistd]
 
 For each proxy in turn (``direct``: no proxy, the load side's own limit; ``nginx``: the usual
-WebSocket recipe; ``wsrelay``: relay mode; both with ``--workers`` processes and a listen backlog
-of 4096, configs.py):
+WebSocket recipe; ``wsrelay``: relay mode; ``wsrelay-alt``: the same with ``--twistd-alt``'s
+wsrelay, for an A/B of two versions in one run; all with ``--workers`` processes and a listen
+backlog of 4096, configs.py):
 
 1. ``--generators`` load generators (``wsload.js`` mode ``storm``), each from its own loopback
    source address (127.0.0.10, .11, ...), open ``--pairs`` WebSockets in all, at most 100
@@ -199,12 +201,14 @@ def render(data: dict[str, Any]) -> str:
     lines = [(f"wsrelay reconnect storm, {a['pairs']} pairs, workers {a['workers']}, {a['generators']} generators, "
              f"{a['upstreams']} upstreams, {m['date']} (git {m['git']}); load average "
              f"{' '.join(m['loadavg_start'])} at start, {' '.join(m['loadavg_end'])} at end"), "",
-             ("proxy    opened  open s  RSS MiB  KiB/pair  fds held | storm s  handshakes/s  failed  p50 ms  p99 ms"
+             ("proxy       opened  open s  RSS MiB  KiB/pair  fds held | storm s  handshakes/s  failed  p50 ms  p99 ms"
              "  CPU s  CPU ms/reconnect  fds after  upstream fds")]
     for name, r in data["results"].items():
+        first = (f"{name:<11} {r['opened']:6d} {r['open_s']:7.2f} {r['held']['rss_kib'] / 1024:8.1f} "
+                 f"{r['kib_per_pair']:9.2f} {r['held']['fds']:9d}") if r.get("storms") else ""
+        blank = " " * len(first)
         for i, s in enumerate(r.get("storms", [])):
-            head = (f"{name:<8} {r['opened']:6d} {r['open_s']:7.2f} {r['held']['rss_kib'] / 1024:8.1f} "
-                    f"{r['kib_per_pair']:9.2f} {r['held']['fds']:9d}" if i == 0 else " " * 58)
+            head = first if i == 0 else blank
             if not s.get("completed", True):
                 lines.append(f"{head} | not all open again within {s['timeout_s']:g} s: {s['open']} open, "
                              f"{s['failed_attempts']} failed attempts {s['errors']}")
@@ -214,7 +218,7 @@ def render(data: dict[str, Any]) -> str:
                          f"{1000 * s['proxy_cpu_s'] / max(s['open'], 1):17.3f} {s['fds_after']:10d} "
                          f"{s['upstream_fds_after']:13d}")
             if s["errors"]:
-                lines.append(f"{'':58}   failed attempts: {s['errors']}")
+                lines.append(f"{blank}   failed attempts: {s['errors']}")
     for p in data["problems"]:
         lines.append(f"PROBLEM [{p['where']}] {p['what']}")
     return "\n".join(lines) + "\n"
@@ -224,7 +228,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", type=int, default=9500, help="idle pairs (default 9500: the descriptor limit "
                    "of 20,000 holds two per pair in one process)")
-    p.add_argument("--only", default="direct,nginx,wsrelay", help="proxies, in order (direct, nginx, wsrelay)")
+    p.add_argument("--only", default="direct,nginx,wsrelay",
+                   help="proxies, in order (direct, nginx, wsrelay, wsrelay-alt: --twistd-alt's)")
     p.add_argument("--workers", type=int, default=1, help="proxy processes (default 1)")
     p.add_argument("--generators", type=int, default=4, help="load generator processes (default 4)")
     p.add_argument("--upstreams", type=int, default=2, help="echo upstream processes (default 2)")
@@ -236,8 +241,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bench.add_common_args(p)
     args = p.parse_args(argv)
     args.only = args.only.split(",")
+    if args.twistd_alt and "wsrelay-alt" not in args.only:
+        args.only.append("wsrelay-alt")
+    if "wsrelay-alt" in args.only and not args.twistd_alt:
+        p.error("instance wsrelay-alt needs --twistd-alt PATH")
     for name in args.only:
-        if name not in ("direct", "nginx", "wsrelay"):
+        if name not in ("direct", "nginx", "wsrelay", "wsrelay-alt"):
             p.error(f"unknown proxy {name!r}")
     if args.no_pin or len(os.sched_getaffinity(0)) < 2:
         args.proxy_cpus = args.load_cpus = None

@@ -142,8 +142,22 @@ class _Pauser:
         pass
 
 
-class _QuietFactory(Factory):
+class _UpstreamSideFactory(Factory):
+    """The factory of one upstream connection.  It lets go of the tunnel once it has built the
+    connection's protocol: the reactor's connector keeps it in a reference cycle with the
+    transport (tcp.Connector.transport, Client.connector) after the connection ends."""
+
     noisy = False
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self.tunnel: Tunnel | None = tunnel
+
+    def buildProtocol(self, addr: Any) -> _UpstreamSide:
+        tunnel, self.tunnel = self.tunnel, None
+        assert tunnel is not None, "one connection per upstream factory"
+        protocol = _UpstreamSide(tunnel)
+        protocol.factory = self
+        return protocol
 
 
 class _UpstreamSide(Protocol):
@@ -174,7 +188,8 @@ class _UpstreamSide(Protocol):
         self.tunnel.upstream_answered(head, rest)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.tunnel.side_lost("upstream", reason)
+        tunnel, self.tunnel = self.tunnel, None  # no reference cycle with the tunnel (Tunnel.up)
+        tunnel.side_lost("upstream", reason)
 
 
 class _ClientSide(Protocol):
@@ -185,7 +200,8 @@ class _ClientSide(Protocol):
         self.tunnel.to_upstream(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.tunnel.side_lost("client", reason)
+        tunnel, self.tunnel = self.tunnel, None
+        tunnel.side_lost("client", reason)
 
 
 class Tunnel(Upgrade):
@@ -212,7 +228,7 @@ class Tunnel(Upgrade):
         self.ended_by: tuple[str, int | None] | None = None  # as wsrelay.relay.Relay.ended_by
 
     def upstream_factory(self) -> Factory:
-        return _QuietFactory.forProtocol(lambda: _UpstreamSide(self))
+        return _UpstreamSideFactory(self)
 
     def upstream_connected(self, up: _UpstreamSide) -> None:
         if self.answered:

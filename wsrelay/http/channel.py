@@ -304,6 +304,9 @@ class RelayChannel(WebChannel):
         if self.held:
             self._release()
         self._writer = None  # the transport is the WebSocket layer's from now on
+        # The request keeps its channel (twisted.web's): the channel lets go of the request, so
+        # the two are no reference cycle once the WebSocket layer lets the request go.
+        self.request = None
         pending, self._pending = self._pending, b""
         self.state = _DETACHED
         self._stop_timer()

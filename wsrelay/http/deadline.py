@@ -8,6 +8,10 @@ Deadlines are set far more often than they expire (every request, every body rea
 Twisted ``DelayedCall`` costs a heap push to create and a reschedule to reset.  So setting a
 deadline only records when it is due and what to call; one ``DelayedCall`` fires, re-schedules
 itself if the deadline in force is later, and is moved earlier only when a new deadline is sooner.
+
+The call is usually a bound method of the deadline's owner, which holds the deadline: a reference
+cycle.  So a deadline lets go of its call when it is cleared, stopped or has fired, and an owner
+that ends leaves nothing for CPython's cyclic garbage collector.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class Deadline:
 
     def clear(self) -> None:
         self.due = None
+        self.call = None
         self.kind = ""
 
     def stop(self) -> None:

@@ -6,7 +6,7 @@ Invariants:
 - Each ending happens once (``done``): whichever comes first wins, the others do nothing.
 - Every ending releases the lease and stops the exchange's timer first, so nothing that follows
   can count against the server; an abort also lets go of the upstream connection (or the attempt
-  to make one).
+  to make one).  The request then no longer refers to its exchange (no reference cycle is left).
 - A response whose head has gone out is never followed by a second head: an error then aborts the
   client's connection, without the terminating chunk, so a truncated body is never passed off as
   complete.
@@ -44,6 +44,7 @@ class Endings:
             return
         self.done = True
         self.release()
+        self.let_go()
         self.request.unregisterProducer()
         self.request.finish()
         self.proxy.gateway.closed(self)
@@ -54,6 +55,7 @@ class Endings:
             return
         self.done = True
         self.release()
+        self.let_go()
         self.drop_upstream()
         self.request.unregisterProducer()
         self.request.code = 502 if not self.request.startedWriting else self.request.code
@@ -63,6 +65,13 @@ class Endings:
         if transport is not None:
             transport.loseConnection()
         self.proxy.gateway.closed(self)
+
+    def let_go(self) -> None:
+        """The exchange has ended: the request no longer refers to it (``wsrelay_exchange``, whose
+        only use is to tell a live exchange that its client left), so the two make no reference
+        cycle for CPython's collector."""
+        if self.request.wsrelay_exchange is self:
+            self.request.wsrelay_exchange = None
 
     def release(self) -> None:
         self.deadline_timer.stop()

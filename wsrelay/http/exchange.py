@@ -329,6 +329,7 @@ class Exchange(Endings):
         self.disarm_timer()
         self.drop_upstream()
         self.release()
+        self.let_go()
         self.proxy.gateway.closed(self)
 
     def internal_error(self, reason: Failure) -> None:

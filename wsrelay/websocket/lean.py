@@ -119,6 +119,11 @@ class LeanLeg(FrameReader):
         if pair is not None:
             self.done = True
             pair.lean_lost(self, reason)
+        # The references that close cycles (the legs refer to each other; a leg's gate calls its
+        # bound methods) go with the connection: an ended pair is freed by reference counting,
+        # not left to CPython's cyclic collector.
+        self.peer = None
+        self.gate = None
 
     # -- flow control (see wsrelay.flow) ----------------------------------------------------------
 

@@ -167,7 +167,7 @@ class _UpstreamFactory:
 
     def __init__(self, base: WebSocketClientFactory, pair: Pair) -> None:
         self._base = base
-        self.pair = pair
+        self.pair: Pair | None = pair
         # Autobahn checks the upstream's chosen subprotocol against the factory's list.
         self.protocols = [p.decode("latin-1") for p in pair.protocols]
 
@@ -175,8 +175,13 @@ class _UpstreamFactory:
         return getattr(self._base, name)
 
     def buildProtocol(self, addr: Any) -> UpstreamLeg:
+        # One connection per factory: the pair is let go at once.  The reactor's connector keeps
+        # this factory in a reference cycle with the transport (tcp.Connector.transport,
+        # Client.connector) after the connection ends; the pair must not hang off it.
+        pair, self.pair = self.pair, None
+        assert pair is not None, "one connection per upstream factory"
         proto = UpstreamLeg()
         proto.factory = self
-        proto.pair = self.pair
-        self.pair.upstream_leg = proto
+        proto.pair = pair
+        pair.upstream_leg = proto
         return proto
