@@ -3,16 +3,14 @@ configuration and on reload, and glibc's malloc_trim really lowering resident me
 
 from __future__ import annotations
 
-import gc
 import platform
-from pathlib import Path
 
 import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
 from wsrelay.config import ConfigError, parse
-from wsrelay.memory import COLLECTOR_THRESHOLDS, HeapTrimmer, find_malloc_trim
+from wsrelay.memory import HeapTrimmer, find_malloc_trim
 from wsrelay.service import RelayService
 
 CONFIG = """
@@ -166,32 +164,3 @@ def _rss_kib() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-def test_every_process_sets_the_collector_thresholds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The twistd entry point (every wsrelay process, workers too) sets CPython's collector
-    thresholds to COLLECTOR_THRESHOLDS, a full collection 10 times rarer than by default; a
-    configuration check does not."""
-    from tests.support import write_config
-    from wsrelay.tap import Options, makeService
-
-    set_to: list[tuple[int, ...]] = []
-    monkeypatch.setattr(gc, "set_threshold", lambda *t: set_to.append(t))
-    path = write_config(tmp_path, """
-        [wsrelay]
-        listen = tcp:0:interface=127.0.0.1
-        access_log = off
-        [upstream up]
-        servers = 127.0.0.1:9001
-        [route /]
-        upstream = up
-        """)
-    check = Options()
-    check.parseOptions(["--config", str(path), "--check"])
-    with pytest.raises(SystemExit):
-        makeService(check)
-    assert set_to == []
-    options = Options()
-    options.parseOptions(["--config", str(path)])
-    makeService(options)
-    assert set_to == [COLLECTOR_THRESHOLDS]

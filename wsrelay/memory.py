@@ -13,37 +13,21 @@ heap of a process relaying a few hundred busy pairs (the soak's numbers are in b
 "Where the RSS growth goes"), 0.02 % of a core at the default interval.  Where the C library has
 no ``malloc_trim`` (not glibc) nothing runs.
 
-CPython's cyclic garbage collector: each process sets :data:`COLLECTOR_THRESHOLDS` at start-up
-(:func:`tune_collector`).
+CPython's cyclic collector keeps its default thresholds: a larger third one (full collections
+rarer) cut a reconnect storm's CPU by a quarter but let Twisted's cycle of each closed upstream
+connection pile up between full collections: in the soak RSS then grew 13 % in ten minutes
+(bench/README.rst, "Reference cycles").
 """
 
 from __future__ import annotations
 
 import ctypes
-import gc
 import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
-
-
-#: CPython's collector thresholds in a wsrelay process (``gc.set_threshold``): CPython's defaults,
-#: (700, 10, 10), but the third.  A full collection walks every object of every open connection,
-#: and with the default one runs every 10 collections of the middle generation once a quarter of
-#: the heap is new, which a reconnect storm (every pair replaced) reaches again and again: with
-#: 100, 25-28 % less CPU per reconnect in the 9,500-pair storm (bench/README.rst).  Its cost was
-#: memory while a pair's handshake left reference cycles (they waited longer for a collection):
-#: none since (8.5 KiB per idle pair either way).  What waits longer now is Twisted's own cycle
-#: of a closed client connection (tcp.Connector and its transport, about 1 KiB): RSS right after
-#: a 9,500-pair storm was 20-30 MiB higher than with CPython's thresholds.
-COLLECTOR_THRESHOLDS = (700, 10, 100)
-
-
-def tune_collector() -> None:
-    """Set :data:`COLLECTOR_THRESHOLDS` for this process (every wsrelay process, at start-up)."""
-    gc.set_threshold(*COLLECTOR_THRESHOLDS)
 
 
 def find_malloc_trim() -> Callable[[int], int] | None:

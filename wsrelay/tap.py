@@ -64,11 +64,8 @@ def makeService(options: Options) -> IService:
         raise SystemExit(0)
     from twisted.internet import reactor
 
-    from wsrelay.memory import tune_collector
     from wsrelay.service import RelayService
     from wsrelay.systemd import Notifier
-
-    tune_collector()  # every process, workers too (they start through here)
 
     worker = options["worker"]
     try:
