@@ -40,22 +40,16 @@ class Endings:
         self.finish()
 
     def finish(self) -> None:
-        if self.done:
+        if not self.end():
             return
-        self.done = True
-        self.release()
-        self.let_go()
         self.request.unregisterProducer()
         self.request.finish()
         self.proxy.gateway.closed(self)
 
     def abort_client(self) -> None:
         """End the client's connection without a clean end of the response."""
-        if self.done:
+        if not self.end():
             return
-        self.done = True
-        self.release()
-        self.let_go()
         self.drop_upstream()
         self.request.unregisterProducer()
         self.request.code = 502 if not self.request.startedWriting else self.request.code
@@ -66,12 +60,19 @@ class Endings:
             transport.loseConnection()
         self.proxy.gateway.closed(self)
 
-    def let_go(self) -> None:
-        """The exchange has ended: the request no longer refers to it (``wsrelay_exchange``, whose
-        only use is to tell a live exchange that its client left), so the two make no reference
-        cycle for CPython's collector."""
+    def end(self) -> bool:
+        """What every ending does first, once: False if the exchange had already ended.  The lease
+        and the timer go (nothing that follows counts against the server), and the request no
+        longer refers to the exchange (``wsrelay_exchange``, whose only use is to tell a live
+        exchange that its client left), so the two make no reference cycle for CPython's
+        collector."""
+        if self.done:
+            return False
+        self.done = True
+        self.release()
         if self.request.wsrelay_exchange is self:
             self.request.wsrelay_exchange = None
+        return True
 
     def release(self) -> None:
         self.deadline_timer.stop()

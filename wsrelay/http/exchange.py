@@ -323,13 +323,9 @@ class Exchange(Endings):
 
     def client_gone(self, reason: Failure | None) -> None:
         """The client closed its connection before the response was complete."""
-        if self.done:
+        if not self.end():
             return
-        self.done = True
-        self.disarm_timer()
         self.drop_upstream()
-        self.release()
-        self.let_go()
         self.proxy.gateway.closed(self)
 
     def internal_error(self, reason: Failure) -> None:
