@@ -114,12 +114,13 @@ class ScriptedUpstream:
                 if size == 0:
                     break
             return head, body, rest
-        while len(rest) < length:
+        received = bytearray(rest)  # grows in place: a 16 MiB body is not copied once per chunk
+        while len(received) < length:
             chunk = conn.recv(65536)
             if not chunk:
                 return None
-            rest += chunk
-        return head, rest[:length], rest[length:]
+            received += chunk
+        return head, bytes(received[:length]), bytes(received[length:])
 
     def _answer_early(self, conn: socket.socket, head: bytes, rest: bytes) -> None:
         with self.lock:

@@ -84,13 +84,15 @@ def poll_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: f
 
 
 def tcp_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:
-    """(bytes written and not yet sent, bytes received and not yet read) of the loopback TCP
-    socket whose local port is ``local_port`` and peer port ``remote_port``, from /proc/net/tcp;
-    None when there is no such socket."""
+    """(bytes written and not yet acknowledged, bytes received and not yet read) of the
+    established loopback TCP socket whose local port is ``local_port`` and peer port
+    ``remote_port``, from /proc/net/tcp; None when there is no such socket.  Only an established
+    socket counts: a TIME_WAIT one of an earlier connection with the same ports (Linux reuses
+    them on loopback) has empty queues and would hide the live one."""
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
-        if (local, remote) == (local_port, remote_port):
+        if (local, remote) == (local_port, remote_port) and fields[3] == "01":
             tx, rx = fields[4].split(":")
             return int(tx, 16), int(rx, 16)
     return None

@@ -14,21 +14,10 @@ from collections.abc import Callable
 import pytest
 
 from tests.scripted_upstream import ScriptedUpstream
-from tests.support import RelayProcess, poll_until
+from tests.support import RelayProcess, poll_until, tcp_queues
 from tests.test_integration_http import config, raw_exchange, request, upstream  # noqa: F401 (fixture)
 
 MiB = 1024 * 1024
-
-
-def queued(local_port: int, remote_port: int) -> tuple[int, int] | None:
-    """(send queue, receive queue) in bytes of the loopback TCP socket local_port -> remote_port."""
-    with open("/proc/net/tcp") as table:
-        for line in table.readlines()[1:]:
-            fields = line.split()
-            if (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)) == (local_port, remote_port):
-                tx, rx = fields[4].split(":")
-                return int(tx, 16), int(rx, 16)
-    return None
 
 
 @pytest.mark.parametrize("byte", [0x01, 0x7F, 0x80, 0xB0, 0xFF])
@@ -62,10 +51,15 @@ def test_a_large_form_body_does_not_stall_other_requests(
         sender.join(30)
         assert not sender.is_alive()
         # wsrelay has read the whole body (so twisted.web, as it was, would be parsing it now):
-        # nothing left in flight on either end of the POST's connection.
+        # nothing of it left in flight on the POST's connection, neither in the client's send
+        # queue nor in wsrelay's receive queue.  (The other two queues are the response's: the
+        # upstream may have answered already, and nobody reads that answer yet.)
         ours = post.getsockname()[1]
-        assert poll_until(lambda: queued(ours, relay.port) == (0, 0) and queued(relay.port, ours) == (0, 0),
-                          timeout=30)
+
+        def body_read() -> tuple[object, object]:
+            client, relay_side = tcp_queues(ours, relay.port), tcp_queues(relay.port, ours)
+            return client and client[0], relay_side and relay_side[1]
+        assert poll_until(lambda: body_read() == (0, 0), timeout=30), (body_read(), len(upstream.requests))
         started = time.monotonic()
         response = request(relay.port, "GET", "/echo")
         assert response.status == 200 and response.read() == b"ok"
