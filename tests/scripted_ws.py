@@ -50,15 +50,20 @@ class FrameReader:
     def __init__(self, sock: socket.socket, buffer: bytes = b"", *, answer_pings: bool = False) -> None:
         self.sock = sock
         self.buffer = buffer
+        self._at = 0
         self.answer_pings = answer_pings  # as a server: reply to pings with unmasked pongs
 
     def _need(self, n: int) -> bytes:
-        while len(self.buffer) < n:
+        # What is not read yet is self.buffer[self._at:]; taking a few bytes moves _at rather than
+        # copying the rest (a 1 MiB read of small frames is not copied once per frame).
+        while len(self.buffer) - self._at < n:
             chunk = self.sock.recv(1 << 20)
             if not chunk:
                 raise EOFError("connection closed")
-            self.buffer += chunk
-        out, self.buffer = self.buffer[:n], self.buffer[n:]
+            self.buffer = self.buffer[self._at:] + chunk
+            self._at = 0
+        out = self.buffer[self._at:self._at + n]
+        self._at += n
         return out
 
     def read(self) -> tuple[bool, int, bytes]:

@@ -34,8 +34,11 @@ def test_client_flooding_pings_without_reading_leaves_rss_bounded(
         path: str, wsup: ScriptedWebSocketUpstream, start_relay: Callable[..., RelayProcess]) -> None:
     """A client sends 64 MiB of ping payload and reads nothing: wsrelay stops reading it once what
     it owes the client (pongs in relay mode, the upstream's pongs in tunnel mode) fills the buffer,
-    its RSS grows by less than 8 MiB, and another client is served meanwhile."""
-    relay = start_relay(config(wsup.port, "ws_ping_interval = off"))
+    its RSS grows by less than 8 MiB, and another client is served meanwhile.  (The tunnel route's
+    idle timeout goes up from 1 s: once the flood has filled every buffer no byte moves, and an
+    idle close would reset the client in the middle of its 5 s wait for a send to progress.)"""
+    relay = start_relay(config(wsup.port, "ws_ping_interval = off").replace("ws_idle_timeout = 1s",
+                                                                            "ws_idle_timeout = 60s"))
     ping = frame(9, b"p" * 125, mask=True)
     batch = ping * 512
     total = 64 * MiB // 125 * len(ping)  # 64 MiB of ping payload
