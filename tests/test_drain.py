@@ -203,6 +203,34 @@ def test_stop_listening_accepts_what_the_kernel_queued() -> None:
             assert c.recv(5) == b"hello"
 
 
+def test_stop_listening_closes_the_socket_before_twisteds_cleanup() -> None:
+    """The socket is closed the instant its queue is seen empty: by the time Twisted's port
+    cleanup starts (it logs first, then closes), a new connection is already refused, where
+    before it would have been queued on the closing socket and reset with it."""
+    from twisted.internet.epollreactor import EPollReactor
+
+    from wsrelay.listeners import open_listener
+
+    reactor = EPollReactor()
+    port = open_listener(reactor, "tcp:0:interface=127.0.0.1", Factory.forProtocol(Protocol), reuse_port=True)
+    number = port.getHost().port
+    outcomes: list[str] = []
+    cleanup = port.connectionLost
+
+    def connection_lost(reason: Any) -> None:
+        try:
+            socket.create_connection(("127.0.0.1", number), timeout=5).close()
+            outcomes.append("queued")
+        except ConnectionRefusedError:
+            outcomes.append("refused")
+        cleanup(reason)
+
+    port.connectionLost = connection_lost
+    stop_listening(port)
+    assert outcomes == ["refused"]
+    assert not port.connected
+
+
 def test_a_stop_at_max_connections_accepts_what_the_kernel_queued_too() -> None:
     """At the cap the listener is paused and newcomers wait in the backlog; a stop lifts the cap
     (as RelayService.stopService does) before the socket closes, so they are accepted, not reset."""

@@ -51,7 +51,11 @@ def stop_listening(port: IListeningPort) -> Deferred[None]:
         if not poller.poll(0):
             break
         port.doRead()
-    # What port.stopListening() does one turn of the event loop later, done now.
+    # Closed the instant the queue is seen empty: Twisted's own close comes after a log line,
+    # time in which the kernel could queue (then reset) another connection on this socket.
+    port.socket.close()
+    # What port.stopListening() does one turn of the event loop later, done now (its close of
+    # the socket, already closed, does nothing).
     port.disconnecting = True
     port.connectionLost(Failure(main.CONNECTION_DONE))
     done: Deferred[None] = Deferred()
