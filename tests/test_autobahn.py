@@ -111,13 +111,21 @@ def failing(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in results if r["behavior"] in BAD_BEHAVIOR or r["behaviorClose"] in BAD_CLOSE]
 
 
+def outcome(r: dict[str, Any]) -> str:
+    """One case's result as a line: what it got, how the connection ended, how long it took."""
+    return (f"{r['id']}: {r['behavior']}/{r['behaviorClose']}, received {str(r.get('received'))[:120]}, "
+            f"clean {r.get('wasClean')} ({r.get('wasNotCleanReason')}), close codes local "
+            f"{r.get('localCloseCode')} remote {r.get('remoteCloseCode')}, {r.get('duration')} ms")
+
+
 def judge(results: list[dict[str, Any]], exit_status: int, mode: str, expected: list[str]) -> None:
     """Every selected case reported once, none failed, every notable one documented, kosoku exited 0."""
     failed = [f"{r['id']}: {r['behavior']}/{r['behaviorClose']} {r['result']}" for r in failing(results)]
     assert not failed, f"{len(failed)} Autobahn cases failed in {mode} mode:\n" + "\n".join(failed[:40])
     notable = {r["id"] for r in results if r["behavior"] != "OK" or r["behaviorClose"] != "OK"}
     undocumented = notable - documented().get(mode, set())
-    assert not undocumented, f"not listed in docs/autobahn.rst under 'Mode: {mode}': {sorted(undocumented)}"
+    assert not undocumented, f"not listed in docs/autobahn.rst under 'Mode: {mode}': {sorted(undocumented)}\n" + \
+        "\n".join(outcome(r) for r in results if r["id"] in undocumented)
     ids = sorted(r["id"] for r in results)
     assert len(results) == len(expected), f"{len(results)} cases reported in {mode} mode, not {len(expected)}"
     assert ids == sorted(expected), f"{mode} mode: reported cases differ from the selection: " \
@@ -239,4 +247,6 @@ def test_autobahn_testsuite_relay_tunnel_and_client_side(echo_upstream: int, tmp
             errors.append("relay mode: no pair took the lean path")
         if "first relayed pair on the autobahn path" in logged:
             errors.append("relay mode: a pair stayed on Autobahn's legs")
+    if errors:  # what wsrelay said meanwhile (warnings, aborts, errors: access_log is off)
+        errors.append("wsrelay's log (relay and tunnel modes), last 60 lines:\n" + "\n".join(relay.output.lines[-60:]))
     assert not errors, "\n\n".join(errors)
