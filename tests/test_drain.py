@@ -231,6 +231,45 @@ def test_stop_listening_closes_the_socket_before_twisteds_cleanup() -> None:
     assert not port.connected
 
 
+def test_a_listener_a_reload_removes_serves_what_the_kernel_queued_on_it() -> None:
+    """A reload that removes a listener stops it as a stop does: the connections queued on it
+    are accepted and answered by the site they came to, not reset with the socket."""
+    from twisted.internet.epollreactor import EPollReactor
+
+    extra = "[listener extra]\nendpoint = tcp:0:interface=127.0.0.1\n"
+    base = CONFIG.format(drain="1s", spread="1s").replace("access_log = off", "access_log = off\nmemory_trim_interval = off")
+    reactor = EPollReactor()  # not running: only the reload accepts from the removed socket
+    service = RelayService(parse(base + extra), reactor, loader=lambda path: parse(base))
+    service.startService()
+    port = service.ports[("extra", "tcp:0:interface=127.0.0.1")]
+    clients = [socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5) for _ in range(3)]
+    try:
+        for c in clients:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        assert service.reload()
+        assert list(service.ports) == [("listen 1", "tcp:0:interface=127.0.0.1")]
+        for c in clients:  # each request answered (502: nothing listens at the upstream's port 9)
+            c.settimeout(0)
+            answer = b""
+            for _ in range(2000):
+                reactor.iterate(0.005)
+                try:
+                    chunk = c.recv(65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    break
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 502 "), answer[:100]
+        assert not port.connected
+    finally:
+        for c in clients:
+            c.close()
+        for p in service.ports.values():
+            stop_listening(p)
+        reactor.disconnectAll()
+
+
 def test_a_stop_at_max_connections_accepts_what_the_kernel_queued_too() -> None:
     """At the cap the listener is paused and newcomers wait in the backlog; a stop lifts the cap
     (as RelayService.stopService does) before the socket closes, so they are accepted, not reset."""

@@ -315,7 +315,7 @@ class RelayService(MultiService):
         for key, port in old_ports.items():
             if key not in wanted:
                 self.log.info("listener {name} removed: no longer listening on {endpoint}", name=key[0], endpoint=key[1])
-                port.stopListening()
+                stop_listening(port)  # what the kernel queued on it is accepted and served, not reset
                 self.sites.pop(key, None)
         for key, listener in wanted.items():
             self.sites[key].use(listener)  # redirect, redirect_port, hsts_max_age
