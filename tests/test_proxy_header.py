@@ -123,7 +123,7 @@ def connect(timeout: float = 5.0) -> tuple[MemoryReactorClock, Any, StringTransp
             made.append(Recorder())
             return made[-1]
 
-    factory = ProxyHeaderFactory(reactor, Inner(), timeout)
+    factory = ProxyHeaderFactory(reactor, Inner(), lambda: timeout)
     balancer = IPv4Address("TCP", "10.9.9.9", 5555)
     wrapper = factory.buildProtocol(balancer)
     transport = StringTransport(peerAddress=balancer, hostAddress=IPv4Address("TCP", "10.0.0.1", 443))
@@ -176,3 +176,27 @@ def test_a_header_that_never_completes_is_refused_at_the_deadline(lines: list[st
     assert transport.disconnecting
     assert len(lines) == 1 and "no complete PROXY header within 5s" in lines[0]
     assert made[0].peer_at_start is None
+
+
+def test_each_connection_gets_the_deadline_in_force_when_it_is_made(lines: list[str]) -> None:
+    """The factory asks for the deadline as each connection is made (a reload changes it for
+    the next connections): one made under 5 s keeps 5 s after the value becomes 2 s, the next
+    one gets 2 s."""
+    reactor = MemoryReactorClock()
+    deadline = [5.0]
+    factory = ProxyHeaderFactory(reactor, Factory.forProtocol(Recorder), lambda: deadline[0])
+    balancer = IPv4Address("TCP", "10.9.9.9", 5555)
+
+    def made() -> StringTransport:
+        transport = StringTransport(peerAddress=balancer, hostAddress=IPv4Address("TCP", "10.0.0.1", 443))
+        factory.buildProtocol(balancer).makeConnection(transport)
+        return transport
+
+    first = made()
+    deadline[0] = 2.0
+    second = made()
+    reactor.advance(2.0)
+    assert second.disconnecting and not first.disconnecting
+    reactor.advance(3.0)
+    assert first.disconnecting
+    assert [line.rsplit("within ", 1)[1] for line in lines] == ["2s", "5s"]

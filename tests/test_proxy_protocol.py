@@ -158,3 +158,24 @@ def test_turning_proxy_protocol_on_or_off_needs_a_restart(tmp_path: Path) -> Non
     new = configmod.parse(config(9001).replace("proxy_protocol = on", "proxy_protocol = off"))
     with pytest.raises(ConfigError, match=r"\[listener lb\] proxy_protocol: changed from on to off"):
         _restart_needed(old, new)
+
+
+def test_a_reload_sets_the_proxy_header_deadline_of_the_next_connections(
+        tmp_path: Path, upstream: ScriptedUpstream, start_relay: Callable[..., RelayProcess]) -> None:
+    """client_header_timeout bounds the wait for the PROXY header too: lowered by a reload from
+    60 s to 1 s, a connection made after the reload that sends nothing is closed after 1 s (the
+    listener and its socket are the same)."""
+    import signal
+
+    from tests.support import write_config
+
+    text = config(upstream.port).replace("access_log = -", "access_log = -\nclient_header_timeout = 60s")
+    relay = start_relay(text)
+    mark = len(relay.output.lines)
+    write_config(tmp_path, text.replace("client_header_timeout = 60s", "client_header_timeout = 1s"))
+    relay.signal(signal.SIGHUP)
+    relay.output.wait_for("configuration reloaded", start=mark)
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as s:
+        assert s.recv(1) == b""  # closed by wsrelay, well before the 10 s bound
+    relay.output.wait_for(r"PROXY protocol: connection from 127\.0\.0\.1:\d+ closed: no complete PROXY header"
+                          r" within 1s", start=mark)

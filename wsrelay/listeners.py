@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -65,13 +66,14 @@ def is_tcp(description: str) -> bool:
 
 def open_listener(reactor: Any, description: str, factory: Factory, *, tls_creator: Any = None,
                   reuse_port: bool = False, port: int | None = None, proxy_protocol: bool = False,
-                  header_timeout: float = 60.0) -> IListeningPort:
+                  header_timeout: Callable[[], float] = lambda: 60.0) -> IListeningPort:
     """Listen on ``description`` with ``factory`` (wrapped in TLS if ``tls_creator``).
 
     ``port`` overrides the endpoint's port (workers join the port their master bound).
     ``proxy_protocol``: every connection starts with a PROXY protocol header (v1 or v2, from an L4
-    load balancer), read before anything else (TLS included), within ``header_timeout``; the
-    address it gives is the connection's peer from the start.  A connection without a valid header
+    load balancer), read before anything else (TLS included), within ``header_timeout()``
+    seconds (asked as each connection is made, so a reload's new value applies to the next
+    ones); the address it gives is the connection's peer from the start.  A connection without a valid header
     is closed, with a log line.
     """
     if tls_creator is not None:
@@ -133,8 +135,9 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
-        self.timer = self.factory.reactor.callLater(self.factory.timeout, self._refuse,
-                                                    f"no complete PROXY header within {self.factory.timeout:g}s")
+        timeout = self.factory.timeout()
+        self.timer = self.factory.reactor.callLater(timeout, self._refuse,
+                                                    f"no complete PROXY header within {timeout:g}s")
 
     def dataReceived(self, data: bytes) -> None:
         if self.header_read:
@@ -184,11 +187,12 @@ class ProxyHeaderProtocol(ProtocolWrapper):
 
 
 class ProxyHeaderFactory(WrappingFactory):
-    """Wraps a listener's factory so that each connection starts with a PROXY header."""
+    """Wraps a listener's factory so that each connection starts with a PROXY header, whole
+    within ``timeout()`` seconds (the value in force when the connection is made)."""
 
     protocol = ProxyHeaderProtocol
 
-    def __init__(self, reactor: Any, wrapped: Factory, timeout: float) -> None:
+    def __init__(self, reactor: Any, wrapped: Factory, timeout: Callable[[], float]) -> None:
         super().__init__(wrapped)
         self.reactor = reactor
         self.timeout = timeout

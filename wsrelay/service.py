@@ -162,7 +162,7 @@ class RelayService(MultiService):
             self.reactor, listener.endpoint, site, tls_creator=creator,
             reuse_port=config.reuse_port or self.worker is not None or config.workers > 1,
             port=self.port_overrides.get(listener.name), proxy_protocol=listener.proxy_protocol,
-            header_timeout=config.client_header_timeout,
+            header_timeout=lambda: self.config.client_header_timeout,  # the configuration in force
         ))
         self.connections.watch(port)
         url = _url(port, listener)
