@@ -171,6 +171,7 @@ def test_a_reload_sets_the_proxy_header_deadline_of_the_next_connections(
 
     text = config(upstream.port).replace("access_log = -", "access_log = -\nclient_header_timeout = 60s")
     relay = start_relay(text)
+    relay.output.wait_for(r"wsrelay ready$")  # SIGHUP handled from here on (before: twistd's default, an exit)
     mark = len(relay.output.lines)
     write_config(tmp_path, text.replace("client_header_timeout = 60s", "client_header_timeout = 1s"))
     relay.signal(signal.SIGHUP)
