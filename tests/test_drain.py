@@ -237,7 +237,8 @@ def test_a_listener_a_reload_removes_serves_what_the_kernel_queued_on_it() -> No
     from twisted.internet.epollreactor import EPollReactor
 
     extra = "[listener extra]\nendpoint = tcp:0:interface=127.0.0.1\n"
-    base = CONFIG.format(drain="1s", spread="1s").replace("access_log = off", "access_log = off\nmemory_trim_interval = off")
+    base = CONFIG.format(drain="1s", spread="1s").replace("access_log = off",
+                                                          "access_log = off\nmemory_trim_interval = off")
     reactor = EPollReactor()  # not running: only the reload accepts from the removed socket
     service = RelayService(parse(base + extra), reactor, loader=lambda path: parse(base))
     service.startService()

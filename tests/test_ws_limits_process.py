@@ -37,8 +37,9 @@ def test_client_flooding_pings_without_reading_leaves_rss_bounded(
     its RSS grows by less than 8 MiB, and another client is served meanwhile.  (The tunnel route's
     idle timeout goes up from 1 s: once the flood has filled every buffer no byte moves, and an
     idle close would reset the client in the middle of its 5 s wait for a send to progress.)"""
-    relay = start_relay(config(wsup.port, "ws_ping_interval = off").replace("ws_idle_timeout = 1s",
-                                                                            "ws_idle_timeout = 60s"))
+    text = config(wsup.port, "ws_ping_interval = off").replace("ws_idle_timeout = 1s", "ws_idle_timeout = 60s")
+    assert "ws_idle_timeout = 60s" in text
+    relay = start_relay(text)
     ping = frame(9, b"p" * 125, mask=True)
     batch = ping * 512
     total = 64 * MiB // 125 * len(ping)  # 64 MiB of ping payload

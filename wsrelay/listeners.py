@@ -73,8 +73,8 @@ def open_listener(reactor: Any, description: str, factory: Factory, *, tls_creat
     ``proxy_protocol``: every connection starts with a PROXY protocol header (v1 or v2, from an L4
     load balancer), read before anything else (TLS included), within ``header_timeout()``
     seconds (asked as each connection is made, so a reload's new value applies to the next
-    ones); the address it gives is the connection's peer from the start.  A connection without a valid header
-    is closed, with a log line.
+    ones); the address it gives is the connection's peer from the start.  A connection without
+    a valid header is closed, with a log line.
     """
     if tls_creator is not None:
         factory = TLSMemoryBIOFactory(tls_creator, False, factory)
