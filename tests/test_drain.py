@@ -271,9 +271,14 @@ def test_a_listener_a_reload_removes_serves_what_the_kernel_queued_on_it() -> No
         reactor.disconnectAll()
 
 
-def test_a_stop_at_max_connections_accepts_what_the_kernel_queued_too() -> None:
-    """At the cap the listener is paused and newcomers wait in the backlog; a stop lifts the cap
-    (as RelayService.stopService does) before the socket closes, so they are accepted, not reset."""
+@pytest.mark.parametrize("how", ["stop", "reload", "neither"])
+def test_a_listener_stopped_at_max_connections_accepts_what_the_kernel_queued(how: str) -> None:
+    """At the cap the listener is paused and newcomers wait in the backlog.  A stop lifts the cap
+    (as RelayService.stopService does) before the socket closes, so they are accepted, not reset.
+    A reload removing one listener leaves the cap in force for the others and releases that port
+    from it (as RelayService.reload does): its queue is accepted too, and those connections
+    count.  Neither: nothing can be accepted, and stop_listening gives up after one round that
+    accepts none instead of trying its 10,000 rounds."""
     from twisted.internet.epollreactor import EPollReactor
 
     from wsrelay.capacity import ConnectionCap
@@ -289,12 +294,29 @@ def test_a_stop_at_max_connections_accepts_what_the_kernel_queued_too() -> None:
     port = open_listener(reactor, "tcp:0:interface=127.0.0.1", Factory.forProtocol(Hello), reuse_port=True)
     cap = ConnectionCap(reactor, limit=1)
     cap.watch(port)
+    rounds = []
+    read = port.doRead
+
+    def counted_read() -> None:
+        rounds.append(1)
+        read()
+
+    port.doRead = counted_read
     with queued(reactor, port, 4, made):
         port.doRead()  # the reactor's turn: one accepted, then the cap
         assert len(made) == 1 and cap.full
-        cap.set_limit(0)
+        if how == "stop":
+            cap.set_limit(0)
+        elif how == "reload":
+            cap.release(port)
         stop_listening(port)
-        assert len(made) == 4
+        assert not port.connected
+        if how == "stop":
+            assert len(made) == 4
+        elif how == "reload":
+            assert len(made) == 4 and cap.open == 4 and cap.limit == 1
+        else:
+            assert len(made) == 1 and len(rounds) == 2
 
 
 # -- pairs and connections in a drain, with the in-memory harness of test_websocket -------------

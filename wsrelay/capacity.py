@@ -134,6 +134,14 @@ class ConnectionCap:
         if self._waiting or (counted and self.full):
             port.stopReading()
 
+    def release(self, port: Any) -> None:
+        """``port`` is about to stop listening (a reload removed its listener): what the kernel
+        queued on it is accepted even at the cap, at most one backlog above it, as a stop lifts
+        the cap; those connections still count."""
+        accepting = port.socket
+        if isinstance(accepting, _Accepting):
+            accepting.counted = False
+
     def configure(self, max_connections: int | None, label: str = "") -> None:
         """Put the configured ``max_connections`` (None: auto) in force, sized against the
         descriptor limit now; a line says the cap ``auto`` chose when it changes, and warns of a

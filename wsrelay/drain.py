@@ -40,7 +40,10 @@ def stop_listening(port: IListeningPort) -> Deferred[None]:
     For a TCP port (Twisted's ``tcp.Port``, which adopted sockets and ``systemd:`` endpoints are
     too): stop polling it, accept every queued connection (handing each to the factory, as the
     event loop would), then close the socket at once, before another turn of the event loop can
-    let more connections queue unseen.  Any other port just stops listening.
+    let more connections queue unseen.  When a round accepts none (the process is out of
+    descriptors, or at ``max_connections`` with the port not released from the cap:
+    ``ConnectionCap.release``), the rest are left to the close.  Any other port just stops
+    listening.
     """
     if not isinstance(port, tcp.Port) or not port.connected:
         return maybeDeferred(port.stopListening)
@@ -50,7 +53,10 @@ def stop_listening(port: IListeningPort) -> Deferred[None]:
     for _ in range(MAX_ACCEPT_ROUNDS):
         if not poller.poll(0):
             break
+        taken = port.sessionno
         port.doRead()
+        if port.sessionno == taken:  # none could be (out of descriptors, or at the cap): stop trying
+            break
     # Closed the instant the queue is seen empty: Twisted's own close comes after a log line,
     # time in which the kernel could queue (then reset) another connection on this socket.
     port.socket.close()

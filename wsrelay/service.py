@@ -315,6 +315,7 @@ class RelayService(MultiService):
         for key, port in old_ports.items():
             if key not in wanted:
                 self.log.info("listener {name} removed: no longer listening on {endpoint}", name=key[0], endpoint=key[1])
+                self.connections.release(port)  # accepted even at max_connections, as in a stop
                 stop_listening(port)  # what the kernel queued on it is accepted and served, not reset
                 self.sites.pop(key, None)
         for key, listener in wanted.items():
