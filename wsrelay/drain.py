@@ -48,6 +48,7 @@ def stop_listening(port: IListeningPort) -> Deferred[None]:
     if not isinstance(port, tcp.Port) or not port.connected:
         return maybeDeferred(port.stopListening)
     port.stopReading()
+    port.disconnecting = True  # as Twisted's loseConnection: nothing (the cap) starts reading it again
     poller = select.poll()
     poller.register(port.fileno(), select.POLLIN)
     for _ in range(MAX_ACCEPT_ROUNDS):
@@ -62,7 +63,6 @@ def stop_listening(port: IListeningPort) -> Deferred[None]:
     port.socket.close()
     # What port.stopListening() does one turn of the event loop later, done now (its close of
     # the socket, already closed, does nothing).
-    port.disconnecting = True
     port.connectionLost(Failure(main.CONNECTION_DONE))
     done: Deferred[None] = Deferred()
     done.callback(None)
