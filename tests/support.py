@@ -98,6 +98,16 @@ def tcp_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:
     return None
 
 
+def accept_queue(port: int) -> int | None:
+    """How many connections the kernel has queued (handshake done, not yet accepted) on the
+    listening loopback TCP socket of ``port``, from /proc/net/tcp; None when there is none."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+            return int(fields[4].split(":")[1], 16)
+    return None
+
+
 def probe_round_trip(port: int) -> None:
     """One request wsrelay answers itself (400: no Host): it needs several turns of wsrelay's
     reactor, and touches no upstream."""

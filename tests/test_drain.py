@@ -13,6 +13,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.task import Clock
 
+from tests.support import accept_queue, poll_until
 from wsrelay.config import ConfigError, parse
 from wsrelay.drain import PairCloser, close_times, stop_listening
 from wsrelay.service import RelayService
@@ -165,7 +166,10 @@ def test_reuse_port_default_and_off() -> None:
 def queued(reactor: Any, port: Any, count: int, made: list[Protocol]) -> Iterator[list[socket.socket]]:
     """``count`` clients connected to ``port`` (queued by the kernel until the reactor accepts
     them); afterwards every socket on both sides is closed and the reactor let go."""
-    clients = [socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5) for _ in range(count)]
+    number = port.getHost().port
+    clients = [socket.create_connection(("127.0.0.1", number), timeout=5) for _ in range(count)]
+    # Queued, not just connected: the kernel may still be handling a client's last ACK.
+    assert poll_until(lambda: accept_queue(number) == count, timeout=5), accept_queue(number)
     try:
         yield clients
     finally:
@@ -244,6 +248,7 @@ def test_a_listener_a_reload_removes_serves_what_the_kernel_queued_on_it() -> No
     service.startService()
     port = service.ports[("extra", "tcp:0:interface=127.0.0.1")]
     clients = [socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5) for _ in range(3)]
+    assert poll_until(lambda: accept_queue(port.getHost().port) == 3, timeout=5)
     try:
         for c in clients:
             c.sendall(b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
@@ -266,6 +271,46 @@ def test_a_listener_a_reload_removes_serves_what_the_kernel_queued_on_it() -> No
     finally:
         for c in clients:
             c.close()
+        for p in service.ports.values():
+            stop_listening(p)
+        reactor.disconnectAll()
+
+
+def test_a_reload_goes_on_when_stopping_a_removed_listener_fails() -> None:
+    """Stopping a port runs its factory's cleanup at once; should that raise, the failure is
+    logged and the rest of the reload applies (here the new max_connections)."""
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    extra = "[listener extra]\nendpoint = tcp:0:interface=127.0.0.1\n"
+    base = CONFIG.format(drain="1s", spread="1s").replace("access_log = off",
+                                                          "access_log = off\nmemory_trim_interval = off")
+    reactor = EPollReactor()
+    def with_cap(cap: int) -> str:
+        return base.replace("access_log = off", f"access_log = off\nmax_connections = {cap}")
+
+    service = RelayService(parse(with_cap(100) + extra), reactor, loader=lambda path: parse(with_cap(50)))
+    service.startService()
+    key = ("extra", "tcp:0:interface=127.0.0.1")
+    port = service.ports[key]
+
+    def broken() -> None:
+        raise RuntimeError("cleanup failed")
+
+    service.sites[key].stopFactory = broken
+    logged: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_failure") is not None:
+            logged.append(f"{formatEvent(event)}: {event['log_failure'].getErrorMessage()}")
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        assert service.reload()
+        assert service.connections.limit == 50 and not port.connected
+        assert logged == ["stopping listener extra: cleanup failed"]
+    finally:
+        globalLogPublisher.removeObserver(observe)
         for p in service.ports.values():
             stop_listening(p)
         reactor.disconnectAll()
@@ -317,6 +362,37 @@ def test_a_listener_stopped_at_max_connections_accepts_what_the_kernel_queued(ho
             assert len(made) == 4 and cap.open == 4 and cap.limit == 1
         else:
             assert len(made) == 1 and len(rounds) == 2
+
+
+def test_the_cap_resuming_during_a_stop_does_not_read_the_closing_socket_again() -> None:
+    """While stop_listening accepts a queue, the cap may resume its listeners (here it is lifted
+    by the second connection); the port being stopped is not among them, so it is closed while
+    unregistered from the event loop (at the parent commit: EBADF, and the reactor's table of
+    readers left holding the closed descriptor)."""
+    from twisted.internet.epollreactor import EPollReactor
+
+    from wsrelay.capacity import ConnectionCap
+    from wsrelay.listeners import open_listener
+
+    reactor = EPollReactor()
+    cap = ConnectionCap(reactor, limit=1)
+    made: list[Protocol] = []
+
+    class Lifting(Protocol):
+        def connectionMade(self) -> None:
+            made.append(self)
+            if len(made) == 2:
+                cap.set_limit(0)  # resumes every listener not stopped or stopping
+
+    port = open_listener(reactor, "tcp:0:interface=127.0.0.1", Factory.forProtocol(Lifting), reuse_port=True)
+    cap.watch(port)
+    with queued(reactor, port, 3, made):
+        port.doRead()
+        assert len(made) == 1 and cap.full
+        cap.release(port)
+        stop_listening(port)
+        assert len(made) == 3 and not port.connected
+        assert port not in reactor.getReaders()
 
 
 # -- pairs and connections in a drain, with the in-memory harness of test_websocket -------------

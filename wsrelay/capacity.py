@@ -136,8 +136,8 @@ class ConnectionCap:
 
     def release(self, port: Any) -> None:
         """``port`` is about to stop listening (a reload removed its listener): what the kernel
-        queued on it is accepted even at the cap, at most one backlog above it, as a stop lifts
-        the cap; those connections still count."""
+        queued on it is accepted even at the cap, as a stop lifts the cap; those connections
+        still count."""
         accepting = port.socket
         if isinstance(accepting, _Accepting):
             accepting.counted = False

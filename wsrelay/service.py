@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -316,7 +316,7 @@ class RelayService(MultiService):
             if key not in wanted:
                 self.log.info("listener {name} removed: no longer listening on {endpoint}", name=key[0], endpoint=key[1])
                 self.connections.release(port)  # accepted even at max_connections, as in a stop
-                stop_listening(port)  # what the kernel queued on it is accepted and served, not reset
+                self._stop_listening(port, key[0])  # what the kernel queued on it is served, not reset
                 self.sites.pop(key, None)
         for key, listener in wanted.items():
             self.sites[key].use(listener)  # redirect, redirect_port, hsts_max_age
@@ -331,6 +331,13 @@ class RelayService(MultiService):
 
     # -- stop -------------------------------------------------------------------------------
 
+    def _stop_listening(self, port: IListeningPort, name: str) -> Deferred[None]:
+        """drain.stop_listening, which runs the port's and its factory's cleanup at once: should
+        that raise, the failure is logged and the reload or stop goes on with the rest."""
+        stopped: Deferred[None] = maybeDeferred(stop_listening, port)
+        stopped.addErrback(lambda failure: self.log.failure("stopping listener {name}", failure, name=name))
+        return stopped
+
     @inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
         if self._previous_sighup is not None:
@@ -341,7 +348,7 @@ class RelayService(MultiService):
         self.notifier.stopping(f"stopping: draining {len(self.gateway.live)} open exchanges")
         config, gateway = self.config, self.gateway
         self.connections.set_limit(0)  # what the kernel queued is accepted (and answered) even at the cap
-        yield DeferredList([stop_listening(p) for p in self.ports.values()])
+        yield DeferredList([self._stop_listening(p, key[0]) for key, p in self.ports.items()])
         self.ports.clear()
         self.sites.clear()
         workers_stopped = self.workers.stop(stop_time(config)) if self.workers else None
@@ -351,7 +358,7 @@ class RelayService(MultiService):
         if workers_stopped is not None:
             yield workers_stopped
         if self.admin_port is not None:  # last: health and readiness answer through the drain
-            yield stop_listening(self.admin_port)
+            yield self._stop_listening(self.admin_port, "admin")
             self.admin_port = None
         if self.admin_dir is not None:
             shutil.rmtree(self.admin_dir, ignore_errors=True)
