@@ -20,6 +20,7 @@ import signal
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -70,6 +71,11 @@ class Load:
         self.opens: list[tuple[int, float]] = []
         self.closes: list[tuple[int, int | None, float]] = []
         self.tasks: list[asyncio.Task[None]] = []
+        self.progress = asyncio.Event()  # set whenever an outcome is recorded (see until)
+
+    def record(self, outcomes: list[Any], outcome: Any) -> None:
+        outcomes.append(outcome)
+        self.progress.set()
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self.http()) for _ in range(HTTP_CLIENTS)]
@@ -88,12 +94,12 @@ class Load:
                 answer = await asyncio.wait_for(reader.read(), 20)
                 writer.close()
             except (OSError, asyncio.TimeoutError) as e:
-                self.failures.append(f"HTTP: {e!r}")
+                self.record(self.failures, f"HTTP: {e!r}")
                 continue
             if answer.startswith(b"HTTP/1.1 200 "):
-                self.http_ok.append(loop.time())
+                self.record(self.http_ok, loop.time())
             else:
-                self.failures.append(f"HTTP: {answer[:80]!r}")
+                self.record(self.failures, f"HTTP: {answer[:80]!r}")
 
     async def websocket(self, i: int) -> None:
         loop = asyncio.get_running_loop()
@@ -102,9 +108,9 @@ class Load:
             try:
                 ws = await connect(url, open_timeout=20, proxy=None)
             except (OSError, asyncio.TimeoutError, Exception) as e:  # noqa: B014 - any refusal counts
-                self.failures.append(f"WebSocket {i} connect: {e!r}")
+                self.record(self.failures, f"WebSocket {i} connect: {e!r}")
                 return
-            self.opens.append((i, loop.time()))
+            self.record(self.opens, (i, loop.time()))
             try:
                 while not self.stop.is_set():
                     await ws.send(f"m{i}")
@@ -115,7 +121,7 @@ class Load:
                         pass
                 await ws.close()
             except ConnectionClosed:
-                self.closes.append((i, ws.close_code, loop.time()))
+                self.record(self.closes, (i, ws.close_code, loop.time()))
 
     def reconnected(self, times: int = 2) -> bool:
         counts: dict[int, int] = {}
@@ -124,13 +130,19 @@ class Load:
         return len(counts) == WS_CLIENTS and min(counts.values()) >= times
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Check ``predicate`` every 20 ms until it holds; AssertionError after ``timeout``."""
+async def until(load: Load, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait until ``predicate`` (over what ``load`` recorded) holds, checking it each time an
+    outcome is recorded; AssertionError after ``timeout``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not predicate():
-        assert loop.time() < deadline, f"not within {timeout}s"
-        await asyncio.sleep(0.02)
+        remaining = deadline - loop.time()
+        assert remaining > 0, f"not within {timeout}s"
+        load.progress.clear()  # no outcome can be recorded between the check and the wait
+        try:
+            await asyncio.wait_for(load.progress.wait(), remaining)
+        except asyncio.TimeoutError:
+            pass
 
 
 def check_ramp(load: Load) -> None:
@@ -165,7 +177,7 @@ def test_restart_with_reuse_port_refuses_nothing(tmp_path: Path, demo_upstream: 
             nonlocal new
             load = Load(reserved_port)
             load.start()
-            await until(lambda: len(load.http_ok) >= 20 and load.reconnected(times=1))
+            await until(load, lambda: len(load.http_ok) >= 20 and load.reconnected(times=1))
             new = await asyncio.to_thread(RelayProcess, path)
             await asyncio.to_thread(new.output.wait_for, r"wsrelay ready$")
             loop = asyncio.get_running_loop()
@@ -174,7 +186,7 @@ def test_restart_with_reuse_port_refuses_nothing(tmp_path: Path, demo_upstream: 
             assert await asyncio.to_thread(old.wait, 40) in (0, -signal.SIGTERM)
             ended = loop.time()
             served_after = len(load.http_ok)
-            await until(lambda: load.reconnected() and len(load.http_ok) >= served_after + 20)
+            await until(load, lambda: load.reconnected() and len(load.http_ok) >= served_after + 20)
             await load.finish()
             return load, signalled, ended
 
@@ -219,14 +231,14 @@ def test_restart_with_a_held_socket_refuses_nothing(tmp_path: Path, demo_upstrea
         async def run() -> Load:
             load = Load(port)
             load.start()
-            await until(lambda: len(load.http_ok) >= 20 and load.reconnected(times=1))
+            await until(load, lambda: len(load.http_ok) >= 20 and load.reconnected(times=1))
             old = processes[0]
             old.signal(signal.SIGTERM)
             assert await asyncio.to_thread(old.wait, 40) in (0, -signal.SIGTERM)
             processes.append(held_socket_relay(path, sock, tmp_path))
             served_before = len(load.http_ok)
             await asyncio.to_thread(processes[1].output.wait_for, r"wsrelay ready$")
-            await until(lambda: load.reconnected() and len(load.http_ok) >= served_before + 20)
+            await until(load, lambda: load.reconnected() and len(load.http_ok) >= served_before + 20)
             await load.finish()
             return load
 
